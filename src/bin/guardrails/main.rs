@@ -1,0 +1,94 @@
+//! `guardrails`: the command-line face of the library, for scripts and CI.
+//!
+//! Exit codes are a contract: 0 all good, 1 a check failed, 2 bad usage or config.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod config_cmd;
+mod output;
+
+use output::{Format, Output};
+
+/// Guards for data and ML pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "guardrails", version, about, propagate_version = true)]
+struct Cli {
+    /// Output format; `human` is coloured only on a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    format: Format,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Less log output on stderr (-q errors only, -qq nothing).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// The process exit status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Everything checked out.
+    Ok = 0,
+    /// A check ran and failed.
+    #[allow(
+        dead_code,
+        reason = "part of the exit-code contract; the first checks (health, validate) return it"
+    )]
+    CheckFailed = 1,
+    /// Bad usage or bad configuration.
+    Usage = 2,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with code 0, usage errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                Status::Usage as u8
+            } else {
+                0
+            });
+        }
+    };
+    init_tracing(cli.verbose, cli.quiet);
+    let out = Output::new(cli.format);
+    let status = match cli.command {
+        Command::Config(cmd) => config_cmd::run(cmd, &out),
+    };
+    ExitCode::from(status as u8)
+}
+
+fn init_tracing(verbose: u8, quiet: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (verbose, quiet) {
+        (0, 0) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
+        (v, _) if v >= 3 => "trace",
+        (_, 1) => "error",
+        _ => "off",
+    };
+    // RUST_LOG, when set, wins: it is how users ask for one module's logs.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,76 @@
+//! How results reach the user: human lines (coloured on a terminal) or one JSON document.
+
+use std::io::{IsTerminal, Write};
+
+use guardrails::GuardrailError;
+use serde_json::Value;
+
+/// The global `--format` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Human,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// Writes results in the chosen format.
+pub struct Output {
+    format: Format,
+    colour_out: bool,
+    colour_err: bool,
+}
+
+impl Output {
+    pub fn new(format: Format) -> Self {
+        // NO_COLOR (https://no-color.org) turns colour off even on a terminal.
+        let allowed = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Self {
+            format,
+            colour_out: allowed && std::io::stdout().is_terminal(),
+            colour_err: allowed && std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// A success line on stdout (human format only).
+    pub fn ok(&self, message: &str) {
+        let label = paint("ok", GREEN, self.colour_out);
+        let _ = writeln!(std::io::stdout().lock(), "{label}: {message}");
+    }
+
+    /// A problem line on stderr (human format only), with its whole cause chain.
+    pub fn problem(&self, subject: &str, err: &GuardrailError) {
+        let label = paint("error", RED, self.colour_err);
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{label}: {subject}: {}",
+            err.report()
+        );
+    }
+
+    /// Plain text on stdout.
+    pub fn text(&self, text: &str) {
+        let _ = write!(std::io::stdout().lock(), "{text}");
+    }
+
+    /// One JSON document on stdout.
+    pub fn json(&self, value: &Value) {
+        let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
+}
+
+const RED: &str = "\x1b[1;31m";
+const GREEN: &str = "\x1b[1;32m";
+
+fn paint(text: &str, colour: &str, on: bool) -> String {
+    if on {
+        format!("{colour}{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}

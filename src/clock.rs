@@ -1,0 +1,198 @@
+//! Time as a dependency, so that TTLs, breaker wait durations and backoff delays can be
+//! tested without waiting.
+//!
+//! Every component that reads or waits on time takes a [`Clock`]. Production code uses
+//! [`SystemClock`]; tests (ours and yours) use [`ManualClock`], which only moves when told
+//! to and whose [`sleep`](Clock::sleep) returns at once after advancing itself.
+//!
+//! ```
+//! use guardrails::clock::{Clock, ManualClock};
+//! use std::time::Duration;
+//!
+//! let clock = ManualClock::new();
+//! let start = clock.now();
+//! clock.advance(Duration::from_secs(90));
+//! clock.sleep(Duration::from_secs(10)); // returns immediately
+//! assert_eq!(clock.now() - start, Duration::from_secs(100));
+//! assert_eq!(clock.sleeps(), vec![Duration::from_secs(10)]);
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A source of monotonic and wall-clock time that can also wait.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Monotonic now, for measuring durations and deadlines.
+    fn now(&self) -> Instant;
+
+    /// Wall-clock now, for timestamps in reports and checkpoints.
+    fn system_time(&self) -> SystemTime;
+
+    /// Blocks the current thread for `duration` ([`ManualClock`] advances instead).
+    fn sleep(&self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+}
+
+/// A clock shared by the components of one pipeline.
+pub type SharedClock = Arc<dyn Clock>;
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+
+    fn system_time(&self) -> SystemTime {
+        (**self).system_time()
+    }
+
+    fn sleep(&self, duration: Duration) {
+        (**self).sleep(duration)
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for &C {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+
+    fn system_time(&self) -> SystemTime {
+        (**self).system_time()
+    }
+
+    fn sleep(&self, duration: Duration) {
+        (**self).sleep(duration)
+    }
+}
+
+/// The operating system's clocks.
+///
+/// ```
+/// use guardrails::clock::{Clock, SystemClock};
+/// let t0 = SystemClock.now();
+/// assert!(SystemClock.now() >= t0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when advanced; clones share the same time.
+///
+/// It starts at the real `Instant` and `SystemTime` of its creation and never goes
+/// backwards. [`sleep`](Clock::sleep) advances it by the requested duration and records the
+/// request, so a test can assert the delays a retry loop chose.
+#[derive(Clone)]
+pub struct ManualClock {
+    inner: Arc<ManualInner>,
+}
+
+struct ManualInner {
+    origin: Instant,
+    system_origin: SystemTime,
+    elapsed_nanos: AtomicU64,
+    sleeps: Mutex<Vec<Duration>>,
+}
+
+impl ManualClock {
+    /// A clock standing at the current real time.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(ManualInner {
+                origin: Instant::now(),
+                system_origin: SystemTime::now(),
+                elapsed_nanos: AtomicU64::new(0),
+                sleeps: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Moves time forward by `by` (saturating at about 584 years after creation).
+    pub fn advance(&self, by: Duration) {
+        let by = duration_nanos(by);
+        // fetch_update cannot fail with a closure that always returns Some.
+        let _ = self
+            .inner
+            .elapsed_nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    /// Sets the time since creation; a value earlier than now is ignored, because
+    /// monotonic time never goes backwards.
+    pub fn set_elapsed(&self, elapsed: Duration) {
+        self.inner
+            .elapsed_nanos
+            .fetch_max(duration_nanos(elapsed), Ordering::AcqRel);
+    }
+
+    /// Time since creation.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.inner.elapsed_nanos.load(Ordering::Acquire))
+    }
+
+    /// Every duration passed to [`sleep`](Clock::sleep), oldest first.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        self.inner
+            .sleeps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("elapsed", &self.elapsed())
+            .finish()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        // Checked so that an origin near the platform's end of time cannot panic.
+        self.inner
+            .origin
+            .checked_add(self.elapsed())
+            .unwrap_or(self.inner.origin)
+    }
+
+    fn system_time(&self) -> SystemTime {
+        self.inner
+            .system_origin
+            .checked_add(self.elapsed())
+            .unwrap_or(self.inner.system_origin)
+    }
+
+    fn sleep(&self, duration: Duration) {
+        self.inner
+            .sleeps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(duration);
+        self.advance(duration);
+    }
+}

@@ -1,0 +1,88 @@
+//! Guards that keep data and ML pipelines from failing in production.
+//!
+//! `guardrails` is one embeddable library: a pipeline asks it whether the machine will hold
+//! (resources), whether its inputs are whole (data integrity), and wraps its calls so that a
+//! slow or failing dependency costs a retry, a fallback or a clear error instead of the run.
+//! Every part returns the same error type, [`GuardrailError`], and every error says how to
+//! react to it through [`ErrorClass`]: retry it, recover from it, stop, or reject the data.
+//!
+//! # Quick start
+//!
+//! ```
+//! use guardrails::prelude::*;
+//! use std::time::Duration;
+//!
+//! // One TOML document configures every component; unknown keys and bad values are refused.
+//! let config: GuardrailsConfig = r#"
+//!     [retry]
+//!     max_retries = 2
+//!     initial_delay = "200ms"
+//! "#.parse()?;
+//! assert_eq!(
+//!     config.retry.delays().collect::<Vec<_>>(),
+//!     [Duration::from_millis(200), Duration::from_millis(400)],
+//! );
+//!
+//! // Errors carry structured fields, a class, and context that survives `?`.
+//! fn load_manifest(path: &str) -> guardrails::Result<String> {
+//!     std::fs::read_to_string(path).path(path).stage("ingest")
+//! }
+//! let err = load_manifest("/does/not/exist.toml").unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::Io);
+//! assert_eq!(err.class(), ErrorClass::Fatal); // not found: retrying will not help
+//! assert_eq!(err.to_json()["context"]["stage"], "ingest");
+//! # Ok::<(), GuardrailError>(())
+//! ```
+//!
+//! # Features
+//!
+//! Heavy parts are optional, so a user who wants only the retry loop does not compile Arrow.
+//!
+//! | feature | turns on |
+//! |---|---|
+//! | *(none)* | errors, clock, config, retry configuration |
+//! | `data` | data integrity checks for Parquet, Arrow IPC, CSV, NPY and video files |
+//! | `gpu` | NVIDIA GPU memory through NVML |
+//! | `json` | JSON Schema validation for the LLM JSON guard |
+//! | `async` | tokio variants of the blocking APIs |
+//! | `redis` | shared guard state in Redis |
+//! | `cli` | the `guardrails` command-line tool |
+//! | `tower` | tower layers |
+//! | `metrics` | metrics export |
+//! | `full` | all of the above |
+//!
+//! Features whose part has not landed yet are accepted and turn on nothing.
+//!
+//! # Layers
+//!
+//! [`error`], [`clock`] and [`config`] are the foundation; the guards in [`resilience`] build
+//! on them and never on each other. See `DESIGN.md` in the repository for the map.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod resilience;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::GuardrailsConfig;
+pub use error::{
+    ContextError, ErrorClass, ErrorContext, ErrorKind, ExternalError, GuardrailError, Result,
+    ResultExt,
+};
+
+/// The everyday types: `use guardrails::prelude::*;`.
+pub mod prelude {
+    pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
+    pub use crate::config::GuardrailsConfig;
+    pub use crate::error::{ErrorClass, ErrorContext, ErrorKind, GuardrailError, ResultExt};
+    pub use crate::resilience::{Jitter, RetryConfig};
+}
+
+// The README's examples are compiled and run as doc-tests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
