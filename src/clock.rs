@@ -53,20 +53,6 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     }
 }
 
-impl<C: Clock + ?Sized> Clock for &C {
-    fn now(&self) -> Instant {
-        (**self).now()
-    }
-
-    fn system_time(&self) -> SystemTime {
-        (**self).system_time()
-    }
-
-    fn sleep(&self, duration: Duration) {
-        (**self).sleep(duration)
-    }
-}
-
 /// The operating system's clocks.
 ///
 /// ```
