@@ -2,8 +2,14 @@
 //!
 //! | component | what it guards against |
 //! |---|---|
-//! | [`retry`] | transient failures: [`RetryConfig`] and its backoff schedule |
+//! | [`timeout`] | work that runs too long: deadlines, blocking closures, child processes |
+//! | [`retry`] | transient failures: exponential backoff with jitter and a time budget |
 
 pub mod retry;
+pub mod timeout;
 
-pub use retry::{Jitter, RetryConfig};
+pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
+pub use timeout::{
+    CommandOutput, TimeoutHandler, run_command_with_grace, run_command_with_timeout,
+    run_with_timeout,
+};

@@ -20,12 +20,50 @@
 //! let delays: Vec<_> = cfg.delays().collect();
 //! assert_eq!(delays, [100, 200, 400].map(Duration::from_millis));
 //! ```
+//!
+//! [`retry_with_backoff`] runs a closure under such a config; [`RetryPolicy`] adds a clock,
+//! a predicate, retry on result and a name for the logs. `backon` drives the loop; this module
+//! supplies the delays (with jitter and the time budget) and the error handling:
+//!
+//! - Which errors are retried: by default those whose [`ErrorClass`] is
+//!   [`Retryable`](ErrorClass::Retryable); [`RetryPolicy::retry_if`] replaces that.
+//! - An error that is not retried comes back unchanged, at once.
+//! - When the attempts or the budget run out on a retryable error, the result is
+//!   [`GuardrailError::RetriesExhausted`] with the attempt count and the last error as its
+//!   source.
+//! - Before every sleep the budget is checked: a sleep that would end past it is not
+//!   started, the loop gives up instead.
+//! - Every retry emits a WARN event with the attempt number, the delay and the error.
+//!
+//! ```
+//! use guardrails::prelude::*;
+//! use guardrails::resilience::RetryPolicy;
+//! use std::time::Duration;
+//!
+//! let clock = ManualClock::new(); // sleeps return at once and are recorded
+//! let policy = RetryPolicy::new(RetryConfig::new())?.with_clock(clock.clone());
+//! let mut calls = 0;
+//! let value = policy.call(|| {
+//!     calls += 1;
+//!     if calls < 3 {
+//!         Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into())
+//!     } else {
+//!         Ok("loaded")
+//!     }
+//! })?;
+//! assert_eq!(value, "loaded");
+//! assert_eq!(clock.sleeps(), [Duration::from_secs(1), Duration::from_secs(2)]);
+//! # Ok::<(), GuardrailError>(())
+//! ```
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use backon::BlockingRetryable;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{GuardrailError, Result};
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::error::{ErrorClass, GuardrailError, Result};
 
 /// How much randomness is added to each delay, so that many clients that failed together
 /// do not retry together.
@@ -163,5 +201,267 @@ impl RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Runs `f` until it succeeds, returns an error that is not retryable, or the retries or the
+/// time budget of `config` run out. See the [module docs](self).
+///
+/// ```
+/// use guardrails::prelude::*;
+/// use guardrails::resilience::retry_with_backoff;
+///
+/// let config = RetryConfig::new().with_max_retries(0);
+/// let err = retry_with_backoff(&config, || -> guardrails::Result<()> {
+///     Err(GuardrailError::config("model", "unknown model"))
+/// })
+/// .unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Config); // fatal: returned as is, not retried
+/// # Ok::<(), GuardrailError>(())
+/// ```
+pub fn retry_with_backoff<T, F>(config: &RetryConfig, f: F) -> Result<T>
+where
+    F: FnMut() -> Result<T>,
+{
+    RetryPolicy::new(config.clone())?.call(f)
+}
+
+type ErrorPredicate = Arc<dyn Fn(&GuardrailError) -> bool + Send + Sync>;
+
+/// A validated [`RetryConfig`] with the clock, predicate and name a retry loop runs with.
+///
+/// Cheap to clone; one policy can serve many calls and threads.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    config: RetryConfig,
+    clock: Option<SharedClock>,
+    retry_if: Option<ErrorPredicate>,
+    seed: Option<u64>,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("clock", &self.clock)
+            .field("custom_predicate", &self.retry_if.is_some())
+            .finish()
+    }
+}
+
+impl RetryPolicy {
+    /// A policy for `config`, which is validated first.
+    pub fn new(config: RetryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            clock: None,
+            retry_if: None,
+            seed: None,
+            name: Arc::from("retry"),
+        })
+    }
+
+    /// Measures the budget and sleeps with `clock` (default: the system clock; under
+    /// `call_async`, tokio's clock, so that paused time works).
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Retries exactly the errors for which `predicate` is true, instead of the retryable
+    /// class.
+    pub fn retry_if<P>(mut self, predicate: P) -> Self
+    where
+        P: Fn(&GuardrailError) -> bool + Send + Sync + 'static,
+    {
+        self.retry_if = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Makes the jitter reproducible (tests, simulations).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The name in log events (default `"retry"`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Arc::from(name.into());
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RetryConfig {
+        &self.config
+    }
+
+    /// Whether `err` would be retried.
+    pub fn should_retry(&self, err: &GuardrailError) -> bool {
+        match &self.retry_if {
+            Some(p) => p(err),
+            None => err.class() == ErrorClass::Retryable,
+        }
+    }
+
+    /// Runs `f` under the policy.
+    pub fn call<T, F>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Result<T>,
+    {
+        self.call_checked(move || f().map_err(Failure::Error))
+    }
+
+    /// Runs `f` under the policy and also retries when `retry_on` rejects a successful
+    /// value (a 503 response, an empty batch). When the retries run out on a rejected value,
+    /// that last value is returned, as resilience4j does, with a WARN event.
+    pub fn call_with_result_check<T, F, R>(&self, mut f: F, retry_on: R) -> Result<T>
+    where
+        F: FnMut() -> Result<T>,
+        R: Fn(&T) -> bool,
+    {
+        self.call_checked(move || match f() {
+            Ok(v) if retry_on(&v) => Err(Failure::Rejected(v)),
+            Ok(v) => Ok(v),
+            Err(e) => Err(Failure::Error(e)),
+        })
+    }
+
+    fn call_checked<T, F>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> std::result::Result<T, Failure<T>>,
+    {
+        let clock: SharedClock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let schedule = self.schedule(clock.clone());
+        let sleeper = clock.clone();
+        let attempts = std::cell::Cell::new(0u32);
+        let outcome = (|| {
+            attempts.set(attempts.get().saturating_add(1));
+            f()
+        })
+        .retry(schedule)
+        .sleep(move |d| sleeper.sleep(d))
+        .when(|failure| self.failure_retryable(failure))
+        .notify(|failure, delay| self.log_retry(attempts.get(), failure, delay))
+        .call();
+        self.finish(outcome, attempts.get())
+    }
+
+    fn failure_retryable<T>(&self, failure: &Failure<T>) -> bool {
+        match failure {
+            Failure::Error(e) => self.should_retry(e),
+            Failure::Rejected(_) => true,
+        }
+    }
+
+    fn log_retry<T>(&self, attempt: u32, failure: &Failure<T>, delay: Duration) {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        match failure {
+            Failure::Error(e) => tracing::warn!(
+                name = %self.name,
+                attempt,
+                delay_ms,
+                error = %e.report(),
+                class = %e.class(),
+                "retrying after error"
+            ),
+            Failure::Rejected(_) => tracing::warn!(
+                name = %self.name,
+                attempt,
+                delay_ms,
+                "retrying after rejected result"
+            ),
+        }
+    }
+
+    fn finish<T>(&self, outcome: std::result::Result<T, Failure<T>>, attempts: u32) -> Result<T> {
+        match outcome {
+            Ok(v) => Ok(v),
+            Err(Failure::Rejected(v)) => {
+                tracing::warn!(name = %self.name, attempts, "retries exhausted on rejected result, returning the last one");
+                Ok(v)
+            }
+            Err(Failure::Error(e)) if self.should_retry(&e) => {
+                tracing::warn!(name = %self.name, attempts, error = %e.report(), "retries exhausted");
+                Err(GuardrailError::RetriesExhausted {
+                    attempts,
+                    last: Box::new(e),
+                })
+            }
+            Err(Failure::Error(e)) => Err(e),
+        }
+    }
+
+    fn schedule(&self, clock: SharedClock) -> Schedule {
+        let rng = match self.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        Schedule {
+            config: self.config.clone(),
+            start: clock.now(),
+            clock,
+            retry: 0,
+            rng,
+        }
+    }
+}
+
+/// Why one attempt did not end the loop.
+enum Failure<T> {
+    Error(GuardrailError),
+    Rejected(T),
+}
+
+/// The delays backon sleeps between attempts: exponential, jittered, and ending early
+/// rather than sleeping past the budget.
+struct Schedule {
+    config: RetryConfig,
+    clock: SharedClock,
+    start: Instant,
+    retry: u32,
+    rng: fastrand::Rng,
+}
+
+impl Schedule {
+    fn jittered(&mut self, delay: Duration) -> Duration {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = match self.config.jitter {
+            Jitter::None => nanos,
+            Jitter::Full => self.rng.u64(0..=nanos),
+            Jitter::Equal => {
+                let half = nanos / 2;
+                half + self.rng.u64(0..=nanos - half)
+            }
+        };
+        Duration::from_nanos(nanos)
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.retry >= self.config.max_retries {
+            return None;
+        }
+        let base = self.config.delay_for(self.retry);
+        let delay = self.jittered(base);
+        if let Some(budget) = self.config.total_budget {
+            let elapsed = self.clock.now().saturating_duration_since(self.start);
+            if elapsed.saturating_add(delay) > budget {
+                tracing::warn!(
+                    budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                    elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "retry budget would be exceeded by the next sleep, giving up"
+                );
+                return None;
+            }
+        }
+        self.retry += 1;
+        Some(delay)
     }
 }

@@ -1,0 +1,321 @@
+//! Deadlines: a cooperative [`TimeoutHandler`] for long loops, [`run_with_timeout`] for
+//! blocking closures, and [`run_command_with_timeout`] for child processes, which is the only
+//! one that truly stops the work.
+//!
+//! # What can and cannot be stopped
+//!
+//! - A child process can be killed. [`run_command_with_timeout`] starts it in a process group
+//!   of its own and, at the deadline, signals the whole group, so grandchildren (a shell's
+//!   `ffmpeg`, a `torchrun` worker) die with it.
+//! - A Rust thread cannot be killed: there is no safe way to stop code that does not check
+//!   for it. [`run_with_timeout`] runs the closure on a new thread and returns
+//!   [`GuardrailError::Timeout`] to the caller as soon as the limit passes, but the closure
+//!   keeps running in the background until it returns on its own; its result is then
+//!   dropped. Memory, files and locks it holds stay held until then. Use it to keep a caller
+//!   responsive, not to reclaim resources; for work that must really stop, check a
+//!   [`TimeoutHandler`] inside the loop or move the work into a child process.
+//!
+//! Every timeout is logged at ERROR with the operation, the elapsed time and the limit.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::error::{GuardrailError, Result};
+
+fn timeout_error(operation: &str, elapsed: Duration, limit: Duration) -> GuardrailError {
+    tracing::error!(
+        operation,
+        elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        "timeout"
+    );
+    GuardrailError::Timeout {
+        operation: operation.to_string(),
+        elapsed,
+        limit,
+    }
+}
+
+/// A deadline that long-running code checks cooperatively.
+///
+/// ```
+/// use guardrails::prelude::*;
+/// use guardrails::resilience::TimeoutHandler;
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let deadline = TimeoutHandler::new("epoch", Duration::from_secs(60)).with_clock(clock.clone());
+/// for batch in 0..10 {
+///     clock.advance(Duration::from_secs(10)); // stands in for real work
+///     if let Err(e) = deadline.check() {
+///         assert_eq!(batch, 5);
+///         assert_eq!(e.kind(), ErrorKind::Timeout);
+///         break;
+///     }
+/// }
+/// assert_eq!(deadline.remaining(), Duration::ZERO);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimeoutHandler {
+    operation: String,
+    limit: Duration,
+    start: Instant,
+    clock: SharedClock,
+}
+
+impl TimeoutHandler {
+    /// Starts a deadline of `limit` for `operation` now, on the system clock.
+    pub fn new(operation: impl Into<String>, limit: Duration) -> Self {
+        Self {
+            operation: operation.into(),
+            limit,
+            start: Instant::now(),
+            clock: std::sync::Arc::new(SystemClock),
+        }
+    }
+
+    /// Measures on `clock` instead, restarting the deadline at the clock's now.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.start = clock.now();
+        self.clock = std::sync::Arc::new(clock);
+        self
+    }
+
+    /// What the deadline guards.
+    pub fn operation(&self) -> &str {
+        &self.operation
+    }
+
+    /// When it started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.clock.now().saturating_duration_since(self.start)
+    }
+
+    /// Time left; zero once expired.
+    pub fn remaining(&self) -> Duration {
+        self.limit.saturating_sub(self.elapsed())
+    }
+
+    /// Whether the limit has passed.
+    pub fn is_expired(&self) -> bool {
+        self.elapsed() >= self.limit
+    }
+
+    /// `Ok` while time is left; [`GuardrailError::Timeout`] (logged at ERROR) once it is not.
+    pub fn check(&self) -> Result<()> {
+        let elapsed = self.elapsed();
+        if elapsed >= self.limit {
+            Err(timeout_error(&self.operation, elapsed, self.limit))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs `f` on a new thread and waits at most `limit` for it.
+///
+/// On timeout the caller gets [`GuardrailError::Timeout`] at once while `f` runs on
+/// unattended; see the [module docs](self) for what that means. A panic in `f` is resumed on
+/// the caller's thread, as `std::thread::scope` does.
+///
+/// ```
+/// use guardrails::resilience::run_with_timeout;
+/// use std::time::Duration;
+///
+/// let sum = run_with_timeout("sum", Duration::from_secs(5), || Ok((1..=10u32).sum::<u32>()))?;
+/// assert_eq!(sum, 55);
+/// # Ok::<(), guardrails::GuardrailError>(())
+/// ```
+pub fn run_with_timeout<T, F>(operation: &str, limit: Duration, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = Instant::now();
+    let (tx, rx) = mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name(format!("guardrails-timeout-{operation}"))
+        .spawn(move || {
+            // The receiver is gone after a timeout; the result is dropped then.
+            let _ = tx.send(f());
+        })
+        .map_err(|e| GuardrailError::Io {
+            path: None,
+            source: e,
+        })?;
+    match rx.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(timeout_error(operation, start.elapsed(), limit))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            // The thread ended without sending: only possible if the send itself failed.
+            Ok(()) => Err(GuardrailError::Cancelled {
+                operation: operation.to_string(),
+            }),
+        },
+    }
+}
+
+/// What a child process left behind: its exit status and everything it wrote.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its standard output (empty unless the command's stdout was left to be captured).
+    pub stdout: Vec<u8>,
+    /// Its standard error (likewise).
+    pub stderr: Vec<u8>,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+/// Runs `command` with a time limit, capturing its stdout and stderr.
+///
+/// The child is made the leader of a new process group. At the deadline the whole group gets
+/// `SIGTERM`, then `SIGKILL` after `grace` if anything is still alive (a zero grace sends
+/// `SIGKILL` at once), and the call returns [`GuardrailError::Timeout`]. A non-zero exit is
+/// not an error here: the status is in the output for the caller to judge.
+///
+/// ```
+/// # #[cfg(unix)] {
+/// use guardrails::resilience::run_command_with_timeout;
+/// use std::process::Command;
+/// use std::time::Duration;
+///
+/// let out = run_command_with_timeout(Command::new("echo").arg("hi"), Duration::from_secs(10))?;
+/// assert!(out.status.success());
+/// assert_eq!(out.stdout, b"hi\n");
+/// # }
+/// # Ok::<(), guardrails::GuardrailError>(())
+/// ```
+pub fn run_command_with_timeout(command: &mut Command, limit: Duration) -> Result<CommandOutput> {
+    run_command_with_grace(command, limit, Duration::ZERO)
+}
+
+/// Like [`run_command_with_timeout`], with `grace` between `SIGTERM` and `SIGKILL` so the
+/// group can flush and clean up.
+pub fn run_command_with_grace(
+    command: &mut Command,
+    limit: Duration,
+    grace: Duration,
+) -> Result<CommandOutput> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let operation = format!("command {program}");
+    isolate_process_group(command);
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| GuardrailError::io(&program, e))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+
+    let deadline = start + limit;
+    let status = match wait_until(&mut child, deadline)? {
+        Some(status) => status,
+        None => {
+            kill_group(&mut child, grace)?;
+            // Reap the leader so no zombie is left; the group is gone.
+            let _ = child.wait();
+            return Err(timeout_error(&operation, start.elapsed(), limit));
+        }
+    };
+    // The pipes close when the last writer exits; a grandchild that escaped the group could
+    // hold them open, so collection is bounded.
+    let collect_limit = Duration::from_secs(5);
+    Ok(CommandOutput {
+        status,
+        stdout: stdout.recv_timeout(collect_limit).unwrap_or_default(),
+        stderr: stderr.recv_timeout(collect_limit).unwrap_or_default(),
+        elapsed: start.elapsed(),
+    })
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    if let Some(mut pipe) = pipe {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send(buf);
+        });
+    } else {
+        let _ = tx.send(Vec::new());
+    }
+    rx
+}
+
+/// Polls the child until it exits or the deadline passes. The poll interval grows from 1 ms
+/// to 50 ms, so short commands return promptly and long ones cost little.
+fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>> {
+    let mut interval = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait().map_err(GuardrailError::from)? {
+            return Ok(Some(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(interval.min(deadline - now));
+        interval = (interval * 2).min(Duration::from_millis(50));
+    }
+}
+
+#[cfg(unix)]
+fn isolate_process_group(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+}
+
+#[cfg(not(unix))]
+fn isolate_process_group(_command: &mut Command) {}
+
+#[cfg(unix)]
+fn kill_group(child: &mut Child, grace: Duration) -> Result<()> {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+
+    let pid = i32::try_from(child.id()).map_err(|_| {
+        GuardrailError::from(std::io::Error::other(format!(
+            "child pid {} does not fit a pid_t",
+            child.id()
+        )))
+    })?;
+    let group = Pid::from_raw(pid);
+    if !grace.is_zero() {
+        let _ = killpg(group, Signal::SIGTERM);
+        let _ = wait_until(child, Instant::now() + grace)?;
+    }
+    // Sent even if the leader already exited: its children may still be in the group. ESRCH
+    // means the group is empty, which is the goal.
+    match killpg(group, Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(GuardrailError::Io {
+            path: None,
+            source: std::io::Error::from(e),
+        }),
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_group(child: &mut Child, _grace: Duration) -> Result<()> {
+    child.kill().map_err(GuardrailError::from)
+}
