@@ -34,7 +34,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GuardrailError, Result};
-use crate::resilience::RetryConfig;
+use crate::resilience::{BreakerRegistryConfig, RetryConfig};
 
 /// Largest config file read; a config is a few kilobytes, anything near this is a mistake.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -46,6 +46,8 @@ const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 pub struct GuardrailsConfig {
     /// `[retry]`: see [`RetryConfig`].
     pub retry: RetryConfig,
+    /// `[breakers]`: see [`BreakerRegistryConfig`].
+    pub breakers: BreakerRegistryConfig,
 }
 
 impl GuardrailsConfig {
@@ -53,12 +55,22 @@ impl GuardrailsConfig {
     pub const fn new() -> Self {
         Self {
             retry: RetryConfig::new(),
+            breakers: BreakerRegistryConfig {
+                defaults: crate::resilience::BreakerConfig::new(),
+                per_name: std::collections::BTreeMap::new(),
+            },
         }
     }
 
     /// Sets the `[retry]` section.
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets the `[breakers]` section.
+    pub fn with_breakers(mut self, breakers: BreakerRegistryConfig) -> Self {
+        self.breakers = breakers;
         self
     }
 
@@ -120,7 +132,10 @@ impl GuardrailsConfig {
     }
 
     fn problems(&self) -> Vec<GuardrailError> {
-        let sections: [(&str, Result<()>); 1] = [("retry", self.retry.validate())];
+        let sections: [(&str, Result<()>); 2] = [
+            ("retry", self.retry.validate()),
+            ("breakers", self.breakers.validate()),
+        ];
         sections
             .into_iter()
             .filter_map(|(name, result)| result.err().map(|e| in_section(name, e)))

@@ -199,7 +199,7 @@ pub enum GuardrailError {
     CircuitOpen {
         /// The breaker's name.
         name: String,
-        /// When it will let a trial call through; `None` when forced open.
+        /// When it will let a trial call through; `None` when unknown (forced open).
         retry_after: Option<Duration>,
     },
 
@@ -513,7 +513,7 @@ fn fmt_duration(d: Duration) -> String {
 fn fmt_retry_after(d: Option<Duration>) -> String {
     match d {
         Some(d) => format!(", retry after {}", fmt_duration(d)),
-        None => ", forced open".to_string(),
+        None => String::new(),
     }
 }
 

@@ -155,7 +155,7 @@ fn messages_are_lowercase_without_trailing_punctuation() {
             retry_after: None
         }
         .to_string(),
-        "circuit open: llm, forced open"
+        "circuit open: llm"
     );
 }
 

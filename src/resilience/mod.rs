@@ -4,10 +4,17 @@
 //! |---|---|
 //! | [`timeout`] | work that runs too long: deadlines, blocking closures, child processes |
 //! | [`retry`] | transient failures: exponential backoff with jitter and a time budget |
+//! | [`breaker`] | a failing dependency: stop calling it, probe, recover; per-name registry, fallback chains |
 
+pub mod breaker;
 pub mod retry;
 pub mod timeout;
 
+pub use breaker::{
+    BreakerConfig, BreakerMetrics, BreakerOverride, BreakerPermit, BreakerRegistry,
+    BreakerRegistryConfig, BreakerState, CallOutcome, CircuitBreaker, Downshift, FallbackChain,
+    OwnedBreakerPermit, Served, StateTransition, WindowKind,
+};
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
 pub use timeout::{
     CommandOutput, TimeoutHandler, run_command_with_grace, run_command_with_timeout,
