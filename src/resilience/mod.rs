@@ -13,7 +13,7 @@ pub mod timeout;
 pub use breaker::{
     BreakerConfig, BreakerMetrics, BreakerOverride, BreakerPermit, BreakerRegistry,
     BreakerRegistryConfig, BreakerState, CallOutcome, CircuitBreaker, Downshift, FallbackChain,
-    OwnedBreakerPermit, Served, StateTransition, WindowKind,
+    OwnedBreakerPermit, Permit, Served, StateTransition, WindowKind,
 };
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
 pub use timeout::{

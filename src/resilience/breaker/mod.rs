@@ -63,6 +63,7 @@ mod window;
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -342,19 +343,13 @@ impl CircuitBreaker {
     where
         F: FnOnce() -> Result<T>,
     {
-        let grant = self.acquire()?;
-        let mut guard = GrantGuard {
-            breaker: self,
-            grant: Some(grant),
-        };
+        // The permit gives a half-open slot back if `f` panics.
+        let mut permit = self.try_acquire()?;
         let result = f();
-        if let Some(grant) = guard.grant.take() {
-            let outcome = match &result {
-                Ok(_) => CallOutcome::Success,
-                Err(e) => (self.classifier)(e),
-            };
-            self.complete(grant, outcome);
-        }
+        permit.finish(|b| match &result {
+            Ok(_) => CallOutcome::Success,
+            Err(e) => (b.classifier)(e),
+        });
         result
     }
 
@@ -376,12 +371,11 @@ impl CircuitBreaker {
     /// Asks for permission to make one call. The permit records the call's outcome; dropped
     /// unrecorded (a panic, a cancelled future) it records nothing and gives a half-open
     /// trial slot back.
+    #[inline]
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>> {
-        Ok(BreakerPermit {
-            guard: GrantGuard {
-                breaker: self,
-                grant: Some(self.acquire()?),
-            },
+        Ok(Permit {
+            breaker: self,
+            grant: Some(self.acquire()?),
         })
     }
 
@@ -389,7 +383,7 @@ impl CircuitBreaker {
     /// owns a reference and can move into a spawned task.
     pub fn try_acquire_owned(self: &Arc<Self>) -> Result<OwnedBreakerPermit> {
         let grant = self.acquire()?;
-        Ok(OwnedBreakerPermit {
+        Ok(Permit {
             breaker: Arc::clone(self),
             grant: Some(grant),
         })
@@ -723,88 +717,46 @@ impl CircuitBreaker {
     }
 }
 
-/// Releases an unrecorded grant on drop.
-struct GrantGuard<'a> {
-    breaker: &'a CircuitBreaker,
-    grant: Option<Grant>,
-}
-
-impl Drop for GrantGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(grant) = self.grant.take() {
-            self.breaker.release(grant);
-        }
-    }
-}
-
 /// Permission for one call; record its outcome or drop it to give the slot back.
-pub struct BreakerPermit<'a> {
-    guard: GrantGuard<'a>,
-}
-
-impl BreakerPermit<'_> {
-    /// The call worked.
-    pub fn record_success(mut self) {
-        if let Some(grant) = self.guard.grant.take() {
-            self.guard.breaker.complete(grant, CallOutcome::Success);
-        }
-    }
-
-    /// The call failed, whatever the error.
-    pub fn record_failure(mut self) {
-        if let Some(grant) = self.guard.grant.take() {
-            self.guard.breaker.complete(grant, CallOutcome::Failure);
-        }
-    }
-
-    /// The call returned `err`; the breaker's classifier decides how it counts.
-    pub fn record_error(mut self, err: &GuardrailError) {
-        if let Some(grant) = self.guard.grant.take() {
-            let outcome = (self.guard.breaker.classifier)(err);
-            self.guard.breaker.complete(grant, outcome);
-        }
-    }
-}
-
-impl fmt::Debug for BreakerPermit<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BreakerPermit")
-            .field("breaker", &self.guard.breaker.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A [`BreakerPermit`] that owns a reference to its breaker.
-pub struct OwnedBreakerPermit {
-    breaker: Arc<CircuitBreaker>,
+///
+/// [`BreakerPermit`] borrows its breaker; [`OwnedBreakerPermit`] holds an `Arc` of it and can
+/// move into a spawned task.
+pub struct Permit<B: Deref<Target = CircuitBreaker>> {
+    breaker: B,
     grant: Option<Grant>,
 }
 
-impl OwnedBreakerPermit {
-    /// The call worked.
-    pub fn record_success(mut self) {
-        if let Some(grant) = self.grant.take() {
-            self.breaker.complete(grant, CallOutcome::Success);
-        }
-    }
+/// A permit that borrows its breaker.
+pub type BreakerPermit<'a> = Permit<&'a CircuitBreaker>;
 
-    /// The call failed, whatever the error.
-    pub fn record_failure(mut self) {
-        if let Some(grant) = self.grant.take() {
-            self.breaker.complete(grant, CallOutcome::Failure);
-        }
-    }
+/// A permit that owns a reference to its breaker.
+pub type OwnedBreakerPermit = Permit<Arc<CircuitBreaker>>;
 
-    /// The call returned `err`; the breaker's classifier decides how it counts.
-    pub fn record_error(mut self, err: &GuardrailError) {
+impl<B: Deref<Target = CircuitBreaker>> Permit<B> {
+    fn finish(&mut self, outcome: impl FnOnce(&CircuitBreaker) -> CallOutcome) {
         if let Some(grant) = self.grant.take() {
-            let outcome = (self.breaker.classifier)(err);
+            let outcome = outcome(&self.breaker);
             self.breaker.complete(grant, outcome);
         }
     }
+
+    /// The call worked.
+    pub fn record_success(mut self) {
+        self.finish(|_| CallOutcome::Success);
+    }
+
+    /// The call failed, whatever the error.
+    pub fn record_failure(mut self) {
+        self.finish(|_| CallOutcome::Failure);
+    }
+
+    /// The call returned `err`; the breaker's classifier decides how it counts.
+    pub fn record_error(mut self, err: &GuardrailError) {
+        self.finish(|b| (b.classifier)(err));
+    }
 }
 
-impl Drop for OwnedBreakerPermit {
+impl<B: Deref<Target = CircuitBreaker>> Drop for Permit<B> {
     fn drop(&mut self) {
         if let Some(grant) = self.grant.take() {
             self.breaker.release(grant);
@@ -812,9 +764,9 @@ impl Drop for OwnedBreakerPermit {
     }
 }
 
-impl fmt::Debug for OwnedBreakerPermit {
+impl<B: Deref<Target = CircuitBreaker>> fmt::Debug for Permit<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedBreakerPermit")
+        f.debug_struct("Permit")
             .field("breaker", &self.breaker.name)
             .finish_non_exhaustive()
     }

@@ -198,14 +198,8 @@ impl BreakerRegistry {
     /// Names whose breakers admit calls now (closed, half-open, disabled, metrics-only),
     /// sorted.
     pub fn available(&self) -> Vec<String> {
-        let breakers: Vec<Arc<CircuitBreaker>> = self
-            .breakers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        let mut names: Vec<String> = breakers
+        let mut names: Vec<String> = self
+            .snapshot()
             .iter()
             .filter(|b| b.state().admits_calls())
             .map(|b| b.name().to_string())
@@ -216,16 +210,20 @@ impl BreakerRegistry {
 
     /// Metrics of every breaker, by name.
     pub fn metrics(&self) -> BTreeMap<String, BreakerMetrics> {
-        let breakers: Vec<Arc<CircuitBreaker>> = self
-            .breakers
+        self.snapshot()
+            .iter()
+            .map(|b| (b.name().to_string(), b.metrics()))
+            .collect()
+    }
+
+    /// The breakers, copied out so that no lock is held while their state is read (reading
+    /// can fire listeners, which may call back into the registry).
+    fn snapshot(&self) -> Vec<Arc<CircuitBreaker>> {
+        self.breakers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
-        breakers
-            .iter()
-            .map(|b| (b.name().to_string(), b.metrics()))
             .collect()
     }
 }

@@ -52,6 +52,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
 #[derive(Default)]
 struct Padded(AtomicU64);
 
+#[inline]
 fn stripe_index(stripes: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -147,6 +148,7 @@ impl CountWindow {
         }
     }
 
+    #[inline]
     #[inline]
     fn record_fast_success(&self) {
         self.fast[stripe_index(self.fast.len())]
