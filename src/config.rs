@@ -34,7 +34,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GuardrailError, Result};
-use crate::resilience::{BreakerRegistryConfig, RetryConfig};
+use std::collections::BTreeMap;
+
+use crate::resilience::{BreakerRegistryConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
 
 /// Largest config file read; a config is a few kilobytes, anything near this is a mistake.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -48,6 +50,10 @@ pub struct GuardrailsConfig {
     pub retry: RetryConfig,
     /// `[breakers]`: see [`BreakerRegistryConfig`].
     pub breakers: BreakerRegistryConfig,
+    /// `[bulkheads.<name>]`: see [`BulkheadConfig`].
+    pub bulkheads: BTreeMap<String, BulkheadConfig>,
+    /// `[rate_limits.<name>]`: see [`RateLimitConfig`].
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
 }
 
 impl GuardrailsConfig {
@@ -57,8 +63,10 @@ impl GuardrailsConfig {
             retry: RetryConfig::new(),
             breakers: BreakerRegistryConfig {
                 defaults: crate::resilience::BreakerConfig::new(),
-                per_name: std::collections::BTreeMap::new(),
+                per_name: BTreeMap::new(),
             },
+            bulkheads: BTreeMap::new(),
+            rate_limits: BTreeMap::new(),
         }
     }
 
@@ -132,13 +140,19 @@ impl GuardrailsConfig {
     }
 
     fn problems(&self) -> Vec<GuardrailError> {
-        let sections: [(&str, Result<()>); 2] = [
-            ("retry", self.retry.validate()),
-            ("breakers", self.breakers.validate()),
+        let mut sections: Vec<(String, Result<()>)> = vec![
+            ("retry".into(), self.retry.validate()),
+            ("breakers".into(), self.breakers.validate()),
         ];
+        for (name, c) in &self.bulkheads {
+            sections.push((format!("bulkheads.{name}"), c.validate()));
+        }
+        for (name, c) in &self.rate_limits {
+            sections.push((format!("rate_limits.{name}"), c.validate()));
+        }
         sections
             .into_iter()
-            .filter_map(|(name, result)| result.err().map(|e| in_section(name, e)))
+            .filter_map(|(name, result)| result.err().map(|e| in_section(&name, e)))
             .collect()
     }
 }

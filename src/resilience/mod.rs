@@ -4,9 +4,13 @@
 //! |---|---|
 //! | [`timeout`] | work that runs too long: deadlines, blocking closures, child processes |
 //! | [`retry`] | transient failures: exponential backoff with jitter and a time budget |
+//! | [`bulkhead`] | too many calls at once: a concurrency limit with a bounded wait |
+//! | [`rate_limit`] | too many calls per second: GCRA through governor |
 //! | [`breaker`] | a failing dependency: stop calling it, probe, recover; per-name registry, fallback chains |
 
 pub mod breaker;
+pub mod bulkhead;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
@@ -15,6 +19,8 @@ pub use breaker::{
     BreakerRegistryConfig, BreakerState, CallOutcome, CircuitBreaker, Downshift, FallbackChain,
     OwnedBreakerPermit, Permit, Served, StateTransition, WindowKind,
 };
+pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit};
+pub use rate_limit::{RateLimitConfig, RateLimiter};
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
 pub use timeout::{
     CommandOutput, TimeoutHandler, run_command_with_grace, run_command_with_timeout,

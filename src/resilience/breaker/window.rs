@@ -149,7 +149,6 @@ impl CountWindow {
     }
 
     #[inline]
-    #[inline]
     fn record_fast_success(&self) {
         self.fast[stripe_index(self.fast.len())]
             .0
