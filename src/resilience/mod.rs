@@ -6,10 +6,12 @@
 //! | [`retry`] | transient failures: exponential backoff with jitter and a time budget |
 //! | [`bulkhead`] | too many calls at once: a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | too many calls per second: GCRA through governor |
+//! | [`policy`] | all of the above around one call: [`guarded_execution`] |
 //! | [`breaker`] | a failing dependency: stop calling it, probe, recover; per-name registry, fallback chains |
 
 pub mod breaker;
 pub mod bulkhead;
+pub mod policy;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
@@ -20,6 +22,7 @@ pub use breaker::{
     OwnedBreakerPermit, Permit, Served, StateTransition, WindowKind,
 };
 pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit};
+pub use policy::{GuardEvent, GuardPolicy, guarded_execution};
 pub use rate_limit::{RateLimitConfig, RateLimiter};
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
 pub use timeout::{

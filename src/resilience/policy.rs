@@ -1,0 +1,262 @@
+//! `guarded_execution`: every guard around one call, in one documented order.
+//!
+//! ```text
+//! retry                       outermost: each attempt below runs again on a retryable error
+//! └─ preflight                a check before each attempt (resource limits of a check path)
+//!    └─ circuit breaker       refuses while open; records the attempt's outcome
+//!       └─ rate limiter       refuses past the rate; never counted by the breaker
+//!          └─ timeout         bounds the wait for a slot and the call together
+//!             └─ bulkhead     at most N attempts at once
+//!                └─ f()
+//! ```
+//!
+//! Why this order: retry outside the breaker lets the breaker see every attempt and lets an
+//! open breaker end the retries at once (`CircuitOpen` is not retryable by default); the rate
+//! limiter sits inside the breaker so that its refusals cost no breaker trial and are not
+//! failures; the timeout covers the bulkhead wait so that a call never waits longer than its
+//! limit in all. Every part is optional.
+//!
+//! ```
+//! use guardrails::prelude::*;
+//! use guardrails::resilience::{BreakerConfig, CircuitBreaker, GuardPolicy, RetryPolicy};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! let policy = GuardPolicy::new("embed")
+//!     .with_retry(RetryPolicy::new(RetryConfig::new().with_initial_delay(Duration::from_millis(1)))?)
+//!     .with_breaker(Arc::new(CircuitBreaker::new("embed", BreakerConfig::new())?))
+//!     .with_timeout(Duration::from_secs(30));
+//! let v = guardrails::resilience::guarded_execution(|| Ok(21 * 2), &policy)?;
+//! assert_eq!(v, 42);
+//! # Ok::<(), GuardrailError>(())
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::breaker::CircuitBreaker;
+use super::bulkhead::Bulkhead;
+use super::rate_limit::RateLimiter;
+use super::retry::RetryPolicy;
+use super::timeout::run_with_timeout;
+use crate::error::Result;
+
+/// One step of a guarded call, in the order it happened; see [`GuardPolicy::on_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GuardEvent {
+    /// An attempt begins (1-based).
+    Attempt(u32),
+    /// The preflight check passed.
+    PreflightPassed,
+    /// The breaker permitted the attempt.
+    BreakerPermitted,
+    /// The rate limiter allowed the attempt.
+    RateAllowed,
+    /// The timeout started for the rest of the attempt.
+    TimeoutStarted,
+    /// The bulkhead gave the attempt a slot.
+    BulkheadEntered,
+    /// The attempt ended; `ok` says how.
+    AttemptFinished {
+        /// Whether it succeeded.
+        ok: bool,
+    },
+}
+
+type Preflight = Arc<dyn Fn() -> Result<()> + Send + Sync>;
+type EventListener = Arc<dyn Fn(&GuardEvent) + Send + Sync>;
+
+/// Which guards run around a call; see the [module docs](self) for the order.
+#[derive(Clone, Default)]
+pub struct GuardPolicy {
+    name: String,
+    retry: Option<RetryPolicy>,
+    preflight: Option<Preflight>,
+    breaker: Option<Arc<CircuitBreaker>>,
+    rate_limiter: Option<Arc<RateLimiter>>,
+    timeout: Option<Duration>,
+    bulkhead: Option<Arc<Bulkhead>>,
+    listener: Option<EventListener>,
+}
+
+impl std::fmt::Debug for GuardPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardPolicy")
+            .field("name", &self.name)
+            .field("retry", &self.retry)
+            .field("preflight", &self.preflight.is_some())
+            .field(
+                "breaker",
+                &self.breaker.as_ref().map(|b| b.name().to_string()),
+            )
+            .field(
+                "rate_limiter",
+                &self.rate_limiter.as_ref().map(|r| r.name().to_string()),
+            )
+            .field("timeout", &self.timeout)
+            .field(
+                "bulkhead",
+                &self.bulkhead.as_ref().map(|b| b.name().to_string()),
+            )
+            .finish()
+    }
+}
+
+impl GuardPolicy {
+    /// A policy with no guards; `name` labels timeouts and logs.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Retries attempts under `retry`.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Runs `check` before each attempt; an error ends the attempt without calling `f`.
+    /// This is where a resource check of a path plugs in.
+    pub fn with_preflight<P>(mut self, check: P) -> Self
+    where
+        P: Fn() -> Result<()> + Send + Sync + 'static,
+    {
+        self.preflight = Some(Arc::new(check));
+        self
+    }
+
+    /// Guards attempts with `breaker`.
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Limits the rate of attempts.
+    pub fn with_rate_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
+    }
+
+    /// Bounds each attempt (bulkhead wait included) by `limit`.
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Limits concurrent attempts.
+    pub fn with_bulkhead(mut self, bulkhead: Arc<Bulkhead>) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// Calls `listener` at each step; tests and tracing of the composition use it.
+    pub fn on_event<L>(mut self, listener: L) -> Self
+    where
+        L: Fn(&GuardEvent) + Send + Sync + 'static,
+    {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    fn emit(&self, event: GuardEvent) {
+        tracing::trace!(policy = %self.name, ?event, "guard step");
+        if let Some(l) = &self.listener {
+            l(&event);
+        }
+    }
+
+    /// Runs `f` under every configured guard; see [`guarded_execution`].
+    pub fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Result<T> + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let f = Arc::new(f);
+        let mut attempt = 0u32;
+        let mut one_attempt = || {
+            attempt = attempt.saturating_add(1);
+            self.emit(GuardEvent::Attempt(attempt));
+            let result = self.attempt(&f);
+            self.emit(GuardEvent::AttemptFinished { ok: result.is_ok() });
+            result
+        };
+        match &self.retry {
+            Some(retry) => retry.call(one_attempt),
+            None => one_attempt(),
+        }
+    }
+
+    fn attempt<T, F>(&self, f: &Arc<F>) -> Result<T>
+    where
+        F: Fn() -> Result<T> + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        if let Some(check) = &self.preflight {
+            check()?;
+            self.emit(GuardEvent::PreflightPassed);
+        }
+        let permit = match &self.breaker {
+            Some(b) => {
+                let p = b.try_acquire()?;
+                self.emit(GuardEvent::BreakerPermitted);
+                Some(p)
+            }
+            None => None,
+        };
+        if let Some(limiter) = &self.rate_limiter {
+            // Dropping the unrecorded permit here gives a half-open trial back.
+            limiter.check()?;
+            self.emit(GuardEvent::RateAllowed);
+        }
+        let result = match self.timeout {
+            Some(limit) => {
+                self.emit(GuardEvent::TimeoutStarted);
+                let f = Arc::clone(f);
+                let bulkhead = self.bulkhead.clone();
+                let listener = self.listener.clone();
+                run_with_timeout(&self.name, limit, move || {
+                    in_bulkhead(bulkhead.as_deref(), listener.as_deref(), &*f)
+                })
+            }
+            None => in_bulkhead(self.bulkhead.as_deref(), self.listener.as_deref(), &**f),
+        };
+        if let Some(p) = permit {
+            match &result {
+                Ok(_) => p.record_success(),
+                Err(e) => p.record_error(e),
+            }
+        }
+        result
+    }
+}
+
+fn in_bulkhead<T>(
+    bulkhead: Option<&Bulkhead>,
+    listener: Option<&(dyn Fn(&GuardEvent) + Send + Sync)>,
+    f: &dyn Fn() -> Result<T>,
+) -> Result<T> {
+    match bulkhead {
+        Some(b) => {
+            let _slot = b.acquire()?;
+            if let Some(l) = listener {
+                l(&GuardEvent::BulkheadEntered);
+            }
+            f()
+        }
+        None => f(),
+    }
+}
+
+/// Runs `f` under every guard `policy` configures, in the order of the
+/// [module docs](self). `f` may run several times (retries) and on another thread (timeout),
+/// hence `Fn + Send + Sync + 'static`.
+pub fn guarded_execution<T, F>(f: F, policy: &GuardPolicy) -> Result<T>
+where
+    F: Fn() -> Result<T> + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    policy.call(f)
+}
