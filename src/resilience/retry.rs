@@ -333,18 +333,35 @@ impl RetryPolicy {
     where
         F: FnMut() -> std::result::Result<T, Failure<T>>,
     {
-        let clock: SharedClock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
-        let schedule = self.schedule(clock.clone());
-        let sleeper = clock.clone();
+        let clock: &dyn Clock = match &self.clock {
+            Some(c) => &**c,
+            None => &SystemClock,
+        };
+        let schedule = Schedule {
+            config: &self.config,
+            clock,
+            // Read the clock only when a budget needs it: it is most of the cost of a call
+            // that succeeds at once.
+            start: self.config.total_budget.map(|_| clock.now()),
+            retry: 0,
+            seed: self.seed,
+            rng: None,
+        };
         let attempts = std::cell::Cell::new(0u32);
         let outcome = (|| {
             attempts.set(attempts.get().saturating_add(1));
             f()
         })
         .retry(schedule)
-        .sleep(move |d| sleeper.sleep(d))
+        // The sleep happens in `notify`, through our clock, which backon calls right before
+        // its own (no-op) sleep: a clock borrowed for the call cannot be captured by backon's
+        // 'static sleeper without an Arc clone per call.
+        .sleep(|_| {})
         .when(|failure| self.failure_retryable(failure))
-        .notify(|failure, delay| self.log_retry(attempts.get(), failure, delay))
+        .notify(|failure, delay| {
+            self.log_retry(attempts.get(), failure, delay);
+            clock.sleep(delay);
+        })
         .call();
         self.finish(outcome, attempts.get())
     }
@@ -393,20 +410,6 @@ impl RetryPolicy {
             Err(Failure::Error(e)) => Err(e),
         }
     }
-
-    fn schedule(&self, clock: SharedClock) -> Schedule {
-        let rng = match self.seed {
-            Some(seed) => fastrand::Rng::with_seed(seed),
-            None => fastrand::Rng::new(),
-        };
-        Schedule {
-            config: self.config.clone(),
-            start: clock.now(),
-            clock,
-            retry: 0,
-            rng,
-        }
-    }
 }
 
 /// Why one attempt did not end the loop.
@@ -417,30 +420,39 @@ enum Failure<T> {
 
 /// The delays backon sleeps between attempts: exponential, jittered, and ending early
 /// rather than sleeping past the budget.
-struct Schedule {
-    config: RetryConfig,
-    clock: SharedClock,
-    start: Instant,
+struct Schedule<'a> {
+    config: &'a RetryConfig,
+    clock: &'a dyn Clock,
+    start: Option<Instant>,
     retry: u32,
-    rng: fastrand::Rng,
+    seed: Option<u64>,
+    rng: Option<fastrand::Rng>,
 }
 
-impl Schedule {
+impl Schedule<'_> {
+    fn rng(&mut self) -> &mut fastrand::Rng {
+        let seed = self.seed;
+        self.rng.get_or_insert_with(|| match seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        })
+    }
+
     fn jittered(&mut self, delay: Duration) -> Duration {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         let nanos = match self.config.jitter {
             Jitter::None => nanos,
-            Jitter::Full => self.rng.u64(0..=nanos),
+            Jitter::Full => self.rng().u64(0..=nanos),
             Jitter::Equal => {
                 let half = nanos / 2;
-                half + self.rng.u64(0..=nanos - half)
+                half + self.rng().u64(0..=nanos - half)
             }
         };
         Duration::from_nanos(nanos)
     }
 }
 
-impl Iterator for Schedule {
+impl Iterator for Schedule<'_> {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
@@ -449,8 +461,8 @@ impl Iterator for Schedule {
         }
         let base = self.config.delay_for(self.retry);
         let delay = self.jittered(base);
-        if let Some(budget) = self.config.total_budget {
-            let elapsed = self.clock.now().saturating_duration_since(self.start);
+        if let (Some(budget), Some(start)) = (self.config.total_budget, self.start) {
+            let elapsed = self.clock.now().saturating_duration_since(start);
             if elapsed.saturating_add(delay) > budget {
                 tracing::warn!(
                     budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),

@@ -4,9 +4,15 @@
 //! failure rate, so successes are only counted: in per-thread-striped counters (count-based)
 //! or in per-second atomic buckets (time-based). Failures and slow calls, which can open the
 //! breaker, go through a mutex that keeps their positions and answers the rates.
+//!
+//! A count-based window that is full and holds no failed or slow call is *quiet*: the next
+//! successes change nothing it reports (the window stays full of successes), so they are not
+//! even counted. Positions only matter relative to later calls, so a failure after a quiet
+//! spell still ages out after exactly `size` more calls. The first slow-path record clears
+//! quiet; a periodic check on the counting path sets it again once failures have aged out.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::config::{BreakerConfig, WindowKind};
@@ -121,9 +127,15 @@ impl Window {
 /// failures and slow calls keep their position, and fall out once `size` newer calls exist.
 pub(crate) struct CountWindow {
     size: u64,
+    /// Full and free of failed or slow calls; written only under `slow_path`'s lock.
+    quiet: AtomicBool,
     fast: Box<[Padded]>,
     slow_path: Mutex<CountEvents>,
 }
+
+/// How often (in counted successes per stripe) the counting path looks whether the window
+/// has become quiet again.
+const QUIET_CHECK_EVERY: u64 = 1024;
 
 #[derive(Default)]
 struct CountEvents {
@@ -143,6 +155,7 @@ impl CountWindow {
             .clamp(4, 64);
         Self {
             size: u64::from(size),
+            quiet: AtomicBool::new(false),
             fast: (0..stripes).map(|_| Padded::default()).collect(),
             slow_path: Mutex::new(CountEvents::default()),
         }
@@ -150,9 +163,15 @@ impl CountWindow {
 
     #[inline]
     fn record_fast_success(&self) {
-        self.fast[stripe_index(self.fast.len())]
+        if self.quiet.load(Ordering::Relaxed) {
+            return;
+        }
+        let counted = self.fast[stripe_index(self.fast.len())]
             .0
             .fetch_add(1, Ordering::Relaxed);
+        if counted % QUIET_CHECK_EVERY == QUIET_CHECK_EVERY - 1 {
+            self.tally();
+        }
     }
 
     fn fast_total(&self) -> u64 {
@@ -194,6 +213,10 @@ impl CountWindow {
             ev.failures -= u64::from(flags & FAILED != 0);
             ev.slow -= u64::from(flags & SLOW != 0);
         }
+        self.quiet.store(
+            ev.events.is_empty() && total >= self.size,
+            Ordering::Relaxed,
+        );
         Tally {
             calls: total.min(self.size),
             failures: ev.failures,
@@ -360,6 +383,45 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.tally(), Tally::default());
+    }
+
+    #[test]
+    fn quiet_window_skips_counting_but_ages_later_failures_exactly() {
+        let w = CountWindow::new(3);
+        for _ in 0..3 {
+            w.record(0);
+        }
+        assert_eq!(
+            w.tally(),
+            Tally {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
+        assert!(w.quiet.load(Ordering::Relaxed));
+        for _ in 0..10 {
+            w.record_fast_success(); // not counted: nothing would change
+        }
+        assert_eq!(w.record(FAILED).failures, 1);
+        assert!(!w.quiet.load(Ordering::Relaxed));
+        w.record_fast_success();
+        w.record_fast_success();
+        assert_eq!(
+            w.tally().failures,
+            1,
+            "two newer calls: the failure is still in"
+        );
+        w.record_fast_success();
+        assert_eq!(
+            w.tally(),
+            Tally {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
+        assert!(w.quiet.load(Ordering::Relaxed));
     }
 
     #[test]
