@@ -174,9 +174,7 @@ fn retry(c: &mut Criterion) {
     use backon::BlockingRetryable;
     let ours = RetryPolicy::new(RetryConfig::new()).unwrap();
     let mut g = c.benchmark_group("retry_first_try_success");
-    g.bench_function("bare_call", |b| {
-        b.iter(|| black_box(bare_call()))
-    });
+    g.bench_function("bare_call", |b| b.iter(|| black_box(bare_call())));
     g.bench_function("guardrails", |b| {
         b.iter(|| black_box(ours.call(|| Ok(black_box(1u64)))))
     });

@@ -74,6 +74,38 @@ impl Clock for SystemClock {
     }
 }
 
+/// tokio's clock: follows `tokio::time::pause()` and `advance()`, so async tests that pause
+/// time see the budgets and waits they expect.
+///
+/// [`sleep`](Clock::sleep) blocks the thread and must not be called from async code; async
+/// components sleep with `tokio::time::sleep` themselves.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use guardrails::clock::{Clock, TokioClock};
+/// use std::time::Duration;
+/// let t0 = TokioClock.now();
+/// tokio::time::sleep(Duration::from_secs(3600)).await; // instant under paused time
+/// assert!(TokioClock.now() - t0 >= Duration::from_secs(3600));
+/// # }
+/// ```
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokioClock;
+
+#[cfg(feature = "async")]
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// A clock that moves only when advanced; clones share the same time.
 ///
 /// It starts at the real `Instant` and `SystemTime` of its creation and never goes

@@ -67,6 +67,8 @@ pub mod config;
 pub mod error;
 pub mod resilience;
 
+#[cfg(feature = "async")]
+pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::GuardrailsConfig;
 pub use error::{

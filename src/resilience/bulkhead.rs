@@ -85,6 +85,8 @@ pub struct Bulkhead {
     /// Waiters park here; only used when `max_wait` is non-zero.
     wait_lock: Mutex<()>,
     freed: Condvar,
+    #[cfg(feature = "async")]
+    freed_async: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Bulkhead {
@@ -107,6 +109,8 @@ impl Bulkhead {
             in_use: AtomicUsize::new(0),
             wait_lock: Mutex::new(()),
             freed: Condvar::new(),
+            #[cfg(feature = "async")]
+            freed_async: tokio::sync::Notify::new(),
         })
     }
 
@@ -195,7 +199,45 @@ impl Bulkhead {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             self.freed.notify_one();
+            #[cfg(feature = "async")]
+            self.freed_async.notify_one();
         }
+    }
+
+    /// Takes a slot, waiting asynchronously up to `max_wait` (on tokio's clock) for one.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn acquire_async(&self) -> Result<BulkheadPermit<'_>> {
+        if self.try_take() {
+            return Ok(BulkheadPermit { bulkhead: self });
+        }
+        if self.config.max_wait.is_zero() {
+            return Err(self.full());
+        }
+        let deadline = tokio::time::Instant::now() + self.config.max_wait;
+        loop {
+            let notified = self.freed_async.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the retry, so a release in between still wakes us.
+            notified.as_mut().enable();
+            if self.try_take() {
+                return Ok(BulkheadPermit { bulkhead: self });
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.full());
+            }
+        }
+    }
+
+    /// Awaits `fut` in a slot (waiting up to `max_wait` for one).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn call_async<T, Fut>(&self, fut: Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let _slot = self.acquire_async().await?;
+        fut.await
     }
 }
 

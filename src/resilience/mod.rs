@@ -22,9 +22,13 @@ pub use breaker::{
     OwnedBreakerPermit, Permit, Served, StateTransition, WindowKind,
 };
 pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit};
+#[cfg(feature = "async")]
+pub use policy::guarded_execution_async;
 pub use policy::{GuardEvent, GuardPolicy, guarded_execution};
 pub use rate_limit::{RateLimitConfig, RateLimiter};
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
+#[cfg(feature = "async")]
+pub use timeout::with_timeout;
 pub use timeout::{
     CommandOutput, TimeoutHandler, run_command_with_grace, run_command_with_timeout,
     run_with_timeout,

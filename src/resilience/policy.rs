@@ -233,6 +233,102 @@ impl GuardPolicy {
     }
 }
 
+#[cfg(feature = "async")]
+impl GuardPolicy {
+    /// Awaits `f()` under every configured guard, in the same order as
+    /// [`call`](Self::call); the timeout cancels the attempt's future, and the bulkhead and
+    /// retry wait on tokio's timer. No thread is spawned, so `f` need not be `'static`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> guardrails::Result<()> {
+    /// use guardrails::resilience::GuardPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = GuardPolicy::new("fetch").with_timeout(Duration::from_secs(1));
+    /// let v = policy.call_async(|| async { Ok(7) }).await?;
+    /// assert_eq!(v, 7);
+    /// # Ok(()) }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn call_async<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let one_attempt = || async {
+            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            self.emit(GuardEvent::Attempt(n));
+            let result = self.attempt_async(&f).await;
+            self.emit(GuardEvent::AttemptFinished { ok: result.is_ok() });
+            result
+        };
+        match &self.retry {
+            Some(retry) => retry.call_async(one_attempt).await,
+            None => one_attempt().await,
+        }
+    }
+
+    async fn attempt_async<T, F, Fut>(&self, f: &F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        if let Some(check) = &self.preflight {
+            check()?;
+            self.emit(GuardEvent::PreflightPassed);
+        }
+        let permit = match &self.breaker {
+            Some(b) => {
+                let p = b.try_acquire()?;
+                self.emit(GuardEvent::BreakerPermitted);
+                Some(p)
+            }
+            None => None,
+        };
+        if let Some(limiter) = &self.rate_limiter {
+            limiter.check()?;
+            self.emit(GuardEvent::RateAllowed);
+        }
+        let guarded = async {
+            match &self.bulkhead {
+                Some(b) => {
+                    let _slot = b.acquire_async().await?;
+                    self.emit(GuardEvent::BulkheadEntered);
+                    f().await
+                }
+                None => f().await,
+            }
+        };
+        let result = match self.timeout {
+            Some(limit) => {
+                self.emit(GuardEvent::TimeoutStarted);
+                super::timeout::with_timeout(&self.name, limit, guarded).await
+            }
+            None => guarded.await,
+        };
+        if let Some(p) = permit {
+            match &result {
+                Ok(_) => p.record_success(),
+                Err(e) => p.record_error(e),
+            }
+        }
+        result
+    }
+}
+
+/// Awaits `f()` under every guard `policy` configures; see [`GuardPolicy::call_async`].
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub async fn guarded_execution_async<T, F, Fut>(f: F, policy: &GuardPolicy) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    policy.call_async(f).await
+}
+
 fn in_bulkhead<T>(
     bulkhead: Option<&Bulkhead>,
     listener: Option<&(dyn Fn(&GuardEvent) + Send + Sync)>,

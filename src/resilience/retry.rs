@@ -329,6 +329,69 @@ impl RetryPolicy {
         })
     }
 
+    /// Awaits `f()` under the policy, sleeping with `tokio::time::sleep`. The budget is
+    /// measured on the policy's clock when one was set, else on tokio's, so paused time works.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> guardrails::Result<()> {
+    /// use guardrails::prelude::*;
+    /// use guardrails::resilience::RetryPolicy;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    ///
+    /// let calls = AtomicU32::new(0);
+    /// let v = RetryPolicy::new(RetryConfig::new())?
+    ///     .call_async(|| async {
+    ///         if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+    ///             Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+    ///         } else {
+    ///             Ok("ok")
+    ///         }
+    ///     })
+    ///     .await?;
+    /// assert_eq!((v, calls.load(Ordering::SeqCst)), ("ok", 3));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn call_async<T, F, Fut>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        use backon::Retryable;
+        let clock: &dyn Clock = match &self.clock {
+            Some(c) => &**c,
+            None => &crate::clock::TokioClock,
+        };
+        let schedule = Schedule {
+            config: &self.config,
+            clock,
+            start: self.config.total_budget.map(|_| clock.now()),
+            retry: 0,
+            seed: self.seed,
+            rng: None,
+        };
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let outcome = (|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fut = f();
+            async move { fut.await.map_err(Failure::Error) }
+        })
+        .retry(schedule)
+        .sleep(tokio::time::sleep)
+        .when(|failure| self.failure_retryable(failure))
+        .notify(|failure, delay| {
+            self.log_retry(
+                attempts.load(std::sync::atomic::Ordering::Relaxed),
+                failure,
+                delay,
+            )
+        })
+        .await;
+        self.finish(outcome, attempts.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn call_checked<T, F>(&self, mut f: F) -> Result<T>
     where
         F: FnMut() -> std::result::Result<T, Failure<T>>,

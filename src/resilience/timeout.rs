@@ -171,6 +171,37 @@ where
     }
 }
 
+/// Awaits `fut` for at most `limit`; on timeout the future is dropped (cancelled, unlike a
+/// thread) and the caller gets [`GuardrailError::Timeout`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use guardrails::prelude::*;
+/// use guardrails::resilience::with_timeout;
+/// use std::time::Duration;
+///
+/// let slow = async {
+///     tokio::time::sleep(Duration::from_secs(60)).await;
+///     Ok(())
+/// };
+/// let err = with_timeout("fetch", Duration::from_secs(5), slow).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Timeout);
+/// # }
+/// ```
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub async fn with_timeout<T, Fut>(operation: &str, limit: Duration, fut: Fut) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let start = tokio::time::Instant::now();
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(timeout_error(operation, start.elapsed(), limit)),
+    }
+}
+
 /// What a child process left behind: its exit status and everything it wrote.
 #[derive(Debug, Clone)]
 pub struct CommandOutput {
