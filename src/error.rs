@@ -468,6 +468,20 @@ impl GuardrailError {
     }
 }
 
+/// A boxed error (tower's `BoxError`) becomes the guard error it carries, if it is one, and
+/// [`GuardrailError::External`] otherwise; so guard errors cross tower stacks unchanged.
+impl From<Box<dyn StdError + Send + Sync>> for GuardrailError {
+    fn from(boxed: Box<dyn StdError + Send + Sync>) -> Self {
+        match boxed.downcast::<GuardrailError>() {
+            Ok(guard) => *guard,
+            Err(other) => Self::External(ExternalError {
+                source: other,
+                class: ErrorClass::Fatal,
+            }),
+        }
+    }
+}
+
 impl From<io::Error> for GuardrailError {
     fn from(source: io::Error) -> Self {
         Self::Io { path: None, source }

@@ -241,6 +241,31 @@ impl Bulkhead {
     }
 }
 
+/// A slot in a [`Bulkhead`] behind an `Arc`, given back on drop; it can move into a task.
+#[derive(Debug)]
+pub struct OwnedBulkheadPermit {
+    bulkhead: Arc<Bulkhead>,
+}
+
+impl Drop for OwnedBulkheadPermit {
+    fn drop(&mut self) {
+        self.bulkhead.release();
+    }
+}
+
+impl Bulkhead {
+    /// Takes a slot now or fails, for a bulkhead behind an `Arc`.
+    pub fn try_acquire_owned(self: &Arc<Self>) -> Result<OwnedBulkheadPermit> {
+        if self.try_take() {
+            Ok(OwnedBulkheadPermit {
+                bulkhead: Arc::clone(self),
+            })
+        } else {
+            Err(self.full())
+        }
+    }
+}
+
 /// A slot in a [`Bulkhead`], given back on drop.
 #[derive(Debug)]
 pub struct BulkheadPermit<'a> {
