@@ -61,6 +61,42 @@ fn breaker(c: &mut Criterion) {
     });
     g.finish();
 
+    // One failure in every 100 calls: the window is never quiet, so every success is
+    // counted; none of the breakers opens at this rate.
+    let mut g = c.benchmark_group("breaker_closed_call_1pct_failures_1_thread");
+    let mut n = 0u64;
+    g.bench_function("guardrails", |b| {
+        b.iter(|| {
+            n += 1;
+            let fail = n % 100 == 0;
+            black_box(ours.call(|| {
+                if fail {
+                    Err(GuardrailError::external_with_class(
+                        std::fmt::Error,
+                        ErrorClass::Retryable,
+                    ))
+                } else {
+                    Ok(black_box(1u64))
+                }
+            }))
+        })
+    });
+    g.bench_function("failsafe", |b| {
+        b.iter(|| {
+            n += 1;
+            let fail = n % 100 == 0;
+            black_box(fs.call(|| if fail { Err(()) } else { Ok(black_box(1u64)) }))
+        })
+    });
+    g.bench_function("recloser", |b| {
+        b.iter(|| {
+            n += 1;
+            let fail = n % 100 == 0;
+            black_box(rc.call(|| if fail { Err(()) } else { Ok(black_box(1u64)) }))
+        })
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("breaker_closed_call_2_threads");
     {
         let ours = Arc::clone(&ours);
