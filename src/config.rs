@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{GuardrailError, Result};
 use std::collections::BTreeMap;
 
+use crate::cache::CacheConfig;
 use crate::resilience::{BreakerRegistryConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
 
 /// Largest config file read; a config is a few kilobytes, anything near this is a mistake.
@@ -54,6 +55,8 @@ pub struct GuardrailsConfig {
     pub bulkheads: BTreeMap<String, BulkheadConfig>,
     /// `[rate_limits.<name>]`: see [`RateLimitConfig`].
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// `[caches.<name>]`: see [`CacheConfig`].
+    pub caches: BTreeMap<String, CacheConfig>,
 }
 
 impl GuardrailsConfig {
@@ -67,6 +70,7 @@ impl GuardrailsConfig {
             },
             bulkheads: BTreeMap::new(),
             rate_limits: BTreeMap::new(),
+            caches: BTreeMap::new(),
         }
     }
 
@@ -149,6 +153,9 @@ impl GuardrailsConfig {
         }
         for (name, c) in &self.rate_limits {
             sections.push((format!("rate_limits.{name}"), c.validate()));
+        }
+        for (name, c) in &self.caches {
+            sections.push((format!("caches.{name}"), c.validate()));
         }
         sections
             .into_iter()

@@ -48,6 +48,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -264,6 +265,11 @@ pub enum GuardrailError {
     /// Another error with context attached; transparent for display, source and class.
     #[error(transparent)]
     Context(ContextError),
+
+    /// One error delivered to several callers (the waiters of a coalesced cache load);
+    /// transparent for display, source, kind and class.
+    #[error(transparent)]
+    Shared(Arc<GuardrailError>),
 }
 
 impl GuardrailError {
@@ -303,10 +309,11 @@ impl GuardrailError {
         }
     }
 
-    /// The error without its context layer.
+    /// The error without its context and sharing layers.
     pub fn inner(&self) -> &GuardrailError {
         match self {
-            Self::Context(c) => &c.inner,
+            Self::Context(c) => c.inner.inner(),
+            Self::Shared(e) => e.inner(),
             other => other,
         }
     }
@@ -315,6 +322,7 @@ impl GuardrailError {
     pub fn context(&self) -> Option<&ErrorContext> {
         match self {
             Self::Context(c) => Some(&c.context),
+            Self::Shared(e) => e.context(),
             _ => None,
         }
     }
@@ -333,8 +341,8 @@ impl GuardrailError {
             Self::Io { .. } => ErrorKind::Io,
             Self::Cancelled { .. } => ErrorKind::Cancelled,
             Self::External(_) => ErrorKind::External,
-            // `inner()` never returns a context layer.
-            Self::Context(c) => c.inner.kind(),
+            // `inner()` never returns these layers.
+            Self::Context(_) | Self::Shared(_) => ErrorKind::External,
         }
     }
 
@@ -353,7 +361,7 @@ impl GuardrailError {
             Self::Config { .. } | Self::Cancelled { .. } => ErrorClass::Fatal,
             Self::Io { source, .. } => io_class(source.kind()),
             Self::External(e) => e.class,
-            Self::Context(c) => c.inner.class(),
+            Self::Context(_) | Self::Shared(_) => ErrorClass::Fatal,
         }
     }
 
@@ -459,7 +467,7 @@ impl GuardrailError {
             }),
             Self::Cancelled { operation } => json!({ "operation": operation }),
             Self::External(_) => json!({}),
-            Self::Context(c) => return c.inner.fields(),
+            Self::Context(_) | Self::Shared(_) => return self.inner().fields(),
         };
         match value {
             Value::Object(map) => map,

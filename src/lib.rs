@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -78,6 +79,7 @@ pub use error::{
 
 /// The everyday types: `use guardrails::prelude::*;`.
 pub mod prelude {
+    pub use crate::cache::{CacheStats, EvictionCause, LruTtlCache};
     pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
     pub use crate::config::GuardrailsConfig;
     pub use crate::error::{ErrorClass, ErrorContext, ErrorKind, GuardrailError, ResultExt};
