@@ -336,6 +336,8 @@ where
         }
         let shard_bits = shard_count.trailing_zeros();
         let collect = self.listener.is_some();
+        let tti = self.config.time_to_idle.is_some();
+        let weighted = self.weigher.is_some();
         let shards = (0..shard_count)
             .map(|i| {
                 // Spread the remainder so the shards add up to max_entries exactly.
@@ -344,7 +346,9 @@ where
                 let weight = self.max_weight.map_or(u64::MAX, |w| {
                     w / shard_count as u64 + u64::from((i as u64) < w % shard_count as u64)
                 });
-                Padded(Mutex::new(Shard::new(entries, weight, collect)))
+                Padded(Mutex::new(Shard::new(
+                    entries, weight, collect, tti, weighted,
+                )))
             })
             .collect();
         let loads = (0..shard_count)
@@ -644,13 +648,10 @@ where
 
     #[inline]
     fn shard_index(&self, hash: u64) -> usize {
-        // The top bits pick the shard; hashbrown uses the low bits and the top 7 for its
-        // control bytes, and with the shard count ≤ 1024 the overlap does not matter.
-        if self.shard_bits == 0 {
-            0
-        } else {
-            (hash >> (64 - self.shard_bits)) as usize
-        }
+        // Bits 40.. pick the shard: hashbrown takes the bucket from the low bits and its
+        // control tag from the top 7, so either would leave a shard's table with less
+        // entropy (more probes, more key comparisons). Shard counts are at most 2^10.
+        ((hash >> 40) as usize) & ((1 << self.shard_bits) - 1)
     }
 
     #[inline]
@@ -686,7 +687,7 @@ where
         let mut now = LazyNow::new(&read);
         let ttl_deadline = ttl.map_or(NEVER, |t| now.get().saturating_add(t));
         let idle_deadline = self.tti.map_or(NEVER, |t| now.get().saturating_add(t));
-        let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
+        let weight = self.weigher.as_ref().map_or(0, |w| w(&key, &value));
         let mut evicted = Vec::new();
         self.shard(hash).insert(
             hash,

@@ -1,6 +1,12 @@
 //! One shard: a hash table of slot indices over a slab of entries threaded on an intrusive
 //! doubly linked list, most recently used at the head. Everything here runs under the
 //! shard's mutex, so plain fields suffice.
+//!
+//! The slab is split by temperature. A hit reads its entry (key, value, deadline: 32 bytes
+//! for `u64 → u64`, two to a cache line) and relinks three list nodes; the links live in an
+//! array of their own, 8 bytes a node, which stays in cache where the entries would not.
+//! What only some caches need (the TTL deadline behind an idle deadline, weights) lives in
+//! side arrays that are empty otherwise.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -14,19 +20,16 @@ pub(crate) const NEVER: u64 = u64::MAX;
 
 pub(crate) struct Slot<K, V> {
     entry: Option<(K, V)>,
+    /// Nanoseconds since the cache's origin from which the entry is expired: the earlier of
+    /// its TTL deadline and its idle deadline.
+    deadline: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Link {
     prev: u32,
     /// Next toward the LRU end; in a free slot, the next free slot.
     next: u32,
-    /// Nanoseconds since the cache's origin after which the entry is expired.
-    ttl_deadline: u64,
-    idle_deadline: u64,
-    weight: u64,
-}
-
-impl<K, V> Slot<K, V> {
-    fn deadline(&self) -> u64 {
-        self.ttl_deadline.min(self.idle_deadline)
-    }
 }
 
 /// Counters kept under the shard lock, so they cost no atomic operation.
@@ -63,6 +66,14 @@ pub(crate) type Evicted<K, V> = Vec<(K, V, EvictionCause)>;
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
     slots: Vec<Slot<K, V>>,
+    links: Vec<Link>,
+    /// TTL deadlines by slot, kept only with time-to-idle (the idle deadline moves, the TTL
+    /// deadline must be remembered behind it).
+    ttl_deadlines: Vec<u64>,
+    /// Weights by slot, kept only with a weigher (else every entry weighs 1).
+    weights: Vec<u64>,
+    tti: bool,
+    weighted: bool,
     free: u32,
     head: u32,
     tail: u32,
@@ -82,13 +93,24 @@ pub(crate) enum Lookup<V> {
 }
 
 impl<K: Hash + Eq, V: Clone> Shard<K, V> {
-    pub(crate) fn new(max_entries: usize, max_weight: u64, collect: bool) -> Self {
+    pub(crate) fn new(
+        max_entries: usize,
+        max_weight: u64,
+        collect: bool,
+        tti: bool,
+        weighted: bool,
+    ) -> Self {
         // Sized for the capacity up front (capped, so a huge capacity does not allocate
         // before it is used).
         let reserve = max_entries.min(1 << 16);
         Self {
             table: HashTable::with_capacity(reserve),
             slots: Vec::with_capacity(reserve),
+            links: Vec::with_capacity(reserve),
+            ttl_deadlines: Vec::new(),
+            weights: Vec::new(),
+            tti,
+            weighted,
             free: NIL,
             head: NIL,
             tail: NIL,
@@ -127,30 +149,26 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     fn unlink(&mut self, i: u32) {
-        let (prev, next) = {
-            let s = &self.slots[i as usize];
-            (s.prev, s.next)
-        };
+        let Link { prev, next } = self.links[i as usize];
         match prev {
             NIL => self.head = next,
-            p => self.slots[p as usize].next = next,
+            p => self.links[p as usize].next = next,
         }
         match next {
             NIL => self.tail = prev,
-            n => self.slots[n as usize].prev = prev,
+            n => self.links[n as usize].prev = prev,
         }
     }
 
     fn push_front(&mut self, i: u32) {
         let old_head = self.head;
-        {
-            let s = &mut self.slots[i as usize];
-            s.prev = NIL;
-            s.next = old_head;
-        }
+        self.links[i as usize] = Link {
+            prev: NIL,
+            next: old_head,
+        };
         match old_head {
             NIL => self.tail = i,
-            h => self.slots[h as usize].prev = i,
+            h => self.links[h as usize].prev = i,
         }
         self.head = i;
     }
@@ -169,11 +187,15 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             entry.remove();
         }
         self.unlink(i);
-        let slot = &mut self.slots[i as usize];
-        let entry = slot.entry.take();
-        self.weight = self.weight.saturating_sub(slot.weight);
-        slot.next = self.free;
-        slot.prev = NIL;
+        if self.weighted {
+            let w = std::mem::take(&mut self.weights[i as usize]);
+            self.weight = self.weight.saturating_sub(w);
+        }
+        let entry = self.slots[i as usize].entry.take();
+        self.links[i as usize] = Link {
+            prev: NIL,
+            next: self.free,
+        };
         self.free = i;
         self.len -= 1;
         entry
@@ -188,7 +210,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     fn expired(&self, i: u32, now: &mut LazyNow<'_>) -> bool {
-        let deadline = self.slots[i as usize].deadline();
+        let deadline = self.slots[i as usize].deadline;
         deadline != NEVER && now.get() >= deadline
     }
 
@@ -220,7 +242,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             return Lookup::Miss;
         }
         if let Some(tti) = tti {
-            self.slots[i as usize].idle_deadline = now.get().saturating_add(tti);
+            let ttl_deadline = self.ttl_deadlines.get(i as usize).copied().unwrap_or(NEVER);
+            self.slots[i as usize].deadline = ttl_deadline.min(now.get().saturating_add(tti));
         }
         self.touch(i);
         self.stats.hits += 1;
@@ -262,24 +285,22 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         evicted: &mut Evicted<K, V>,
     ) {
         self.stats.inserts += 1;
+        let deadline = ttl_deadline.min(idle_deadline);
         if let Some(i) = self.find(hash, &key) {
-            let slot = &mut self.slots[i as usize];
-            let old = slot.entry.replace((key, value));
-            self.weight = self.weight - slot.weight + weight;
-            slot.weight = weight;
-            slot.ttl_deadline = ttl_deadline;
-            slot.idle_deadline = idle_deadline;
+            let old = self.slots[i as usize].entry.replace((key, value));
+            self.slots[i as usize].deadline = deadline;
+            self.set_side(i, ttl_deadline, weight);
             self.stats.replaced += 1;
             self.record(evicted, old, EvictionCause::Replaced);
             self.touch(i);
         } else {
             let slot = Slot {
                 entry: Some((key, value)),
+                deadline,
+            };
+            let unlinked = Link {
                 prev: NIL,
                 next: NIL,
-                ttl_deadline,
-                idle_deadline,
-                weight,
             };
             let i = match self.free {
                 NIL => {
@@ -287,14 +308,22 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                     // validated against that.
                     let i = u32::try_from(self.slots.len()).unwrap_or(NIL - 1);
                     self.slots.push(slot);
+                    self.links.push(unlinked);
+                    if self.tti {
+                        self.ttl_deadlines.push(NEVER);
+                    }
+                    if self.weighted {
+                        self.weights.push(0);
+                    }
                     i
                 }
                 f => {
-                    self.free = self.slots[f as usize].next;
+                    self.free = self.links[f as usize].next;
                     self.slots[f as usize] = slot;
                     f
                 }
             };
+            self.set_side(i, ttl_deadline, weight);
             let slots = &self.slots;
             self.table.insert_unique(hash, i, |&j| {
                 slots[j as usize]
@@ -304,9 +333,20 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             });
             self.push_front(i);
             self.len += 1;
-            self.weight += weight;
         }
         self.evict_to_fit(hasher, now, evicted);
+    }
+
+    /// Records slot `i`'s TTL deadline and weight where this shard keeps them, and adjusts
+    /// the total weight.
+    fn set_side(&mut self, i: u32, ttl_deadline: u64, weight: u64) {
+        if self.tti {
+            self.ttl_deadlines[i as usize] = ttl_deadline;
+        }
+        if self.weighted {
+            let old = std::mem::replace(&mut self.weights[i as usize], weight);
+            self.weight = self.weight.saturating_sub(old).saturating_add(weight);
+        }
     }
 
     fn evict_to_fit<S: BuildHasher>(
@@ -315,7 +355,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         now: &mut LazyNow<'_>,
         evicted: &mut Evicted<K, V>,
     ) {
-        while (self.len > self.max_entries || self.weight > self.max_weight) && self.tail != NIL {
+        while (self.len > self.max_entries || (self.weighted && self.weight > self.max_weight))
+            && self.tail != NIL
+        {
             let victim = self.tail;
             let cause = if self.expired(victim, now) {
                 self.stats.expired += 1;
@@ -373,7 +415,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let mut expired = 0;
         let mut i = self.tail;
         while i != NIL {
-            let prev = self.slots[i as usize].prev;
+            let prev = self.links[i as usize].prev;
             let cause = if self.expired(i, now) {
                 Some(EvictionCause::Expired)
             } else {
@@ -412,7 +454,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             {
                 out.push((k.clone(), v.clone()));
             }
-            i = slot.prev;
+            i = self.links[i as usize].prev;
         }
         out
     }
