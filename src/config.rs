@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 
 use crate::cache::CacheConfig;
 use crate::resilience::{BreakerRegistryConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
+use crate::resource::ResourceLimits;
 
 /// Largest config file read; a config is a few kilobytes, anything near this is a mistake.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -57,6 +58,8 @@ pub struct GuardrailsConfig {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// `[caches.<name>]`: see [`CacheConfig`].
     pub caches: BTreeMap<String, CacheConfig>,
+    /// `[resources]`: see [`ResourceLimits`].
+    pub resources: ResourceLimits,
 }
 
 impl GuardrailsConfig {
@@ -71,6 +74,7 @@ impl GuardrailsConfig {
             bulkheads: BTreeMap::new(),
             rate_limits: BTreeMap::new(),
             caches: BTreeMap::new(),
+            resources: ResourceLimits::new(),
         }
     }
 
@@ -147,6 +151,7 @@ impl GuardrailsConfig {
         let mut sections: Vec<(String, Result<()>)> = vec![
             ("retry".into(), self.retry.validate()),
             ("breakers".into(), self.breakers.validate()),
+            ("resources".into(), self.resources.validate()),
         ];
         for (name, c) in &self.bulkheads {
             sections.push((format!("bulkheads.{name}"), c.validate()));

@@ -67,6 +67,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod resilience;
+pub mod resource;
 
 #[cfg(feature = "async")]
 pub use clock::TokioClock;
@@ -84,6 +85,10 @@ pub mod prelude {
     pub use crate::config::GuardrailsConfig;
     pub use crate::error::{ErrorClass, ErrorContext, ErrorKind, GuardrailError, ResultExt};
     pub use crate::resilience::{Jitter, RetryConfig};
+    pub use crate::resource::{
+        HealthReport, HealthStatus, ResourceLimits, ResourceMonitor, ResourceSnapshot,
+        resource_guard,
+    };
 }
 
 // The README's examples are compiled and run as doc-tests so they cannot drift.
