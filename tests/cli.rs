@@ -129,3 +129,56 @@ fn verbose_flag_emits_tracing_on_stderr() {
             .contains("config checked")
     );
 }
+
+#[test]
+fn health_reports_and_exits_by_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let out = guardrails(&["--format", "json", "health", "--path", path]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "HEALTHY");
+    assert_eq!(v["snapshot"]["disks"][0]["path"], path);
+
+    // A memory limit of 1 kB is passed by far: critical, which fails at any --fail-on.
+    let strict = write(
+        dir.path(),
+        "strict.toml",
+        "[resources]\nmax_memory_bytes = 1000\n",
+    );
+    for fail_on in ["degraded", "unhealthy", "critical"] {
+        let out = guardrails(&["-q", "health", "--config", &strict, "--fail-on", fail_on]);
+        assert_eq!(out.status.code(), Some(1), "--fail-on {fail_on}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("status: CRITICAL"));
+    }
+    // Just over the limit: degraded, which fails only --fail-on degraded.
+    let rss_now = v["snapshot"]["process"]["rss_bytes"].as_u64().unwrap();
+    let near = write(
+        dir.path(),
+        "near.toml",
+        &format!("[resources]\nmax_memory_bytes = {}\n", rss_now * 95 / 100),
+    );
+    let out = guardrails(&["-q", "--format", "json", "health", "--config", &near]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if v["status"] == "DEGRADED" {
+        assert_eq!(out.status.code(), Some(0));
+        let out = guardrails(&["-q", "health", "--config", &near, "--fail-on", "degraded"]);
+        assert_eq!(out.status.code(), Some(1));
+    }
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[resources]\nwarning_fraction = 2.0\n",
+    );
+    assert_eq!(
+        guardrails(&["health", "--config", &bad]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        guardrails(&["health", "--fail-on", "sometimes"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

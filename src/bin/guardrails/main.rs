@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod health_cmd;
 mod output;
 
 use output::{Format, Output};
@@ -36,6 +37,9 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Check memory, CPU, disk, file descriptors and GPUs against limits. Exit 1 when the
+    /// status is at or above --fail-on.
+    Health(health_cmd::HealthArgs),
 }
 
 /// The process exit status of a run.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let out = Output::new(cli.format);
     let status = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &out),
+        Command::Health(args) => health_cmd::run(args, &out),
     };
     ExitCode::from(status as u8)
 }
