@@ -320,3 +320,168 @@ mod tests {
         assert_eq!(read_cgroup(empty.path(), "0::/\n"), None);
     }
 }
+
+/// Filesystem types whose `statvfs` can block indefinitely when the server is gone.
+const NETWORK_FS: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "lustre",
+    "afs",
+    "gpfs",
+    "beegfs",
+    "ncpfs",
+    "davfs",
+];
+
+/// Whether `path` lies on a network filesystem (or a FUSE one, which can hang the same way),
+/// from the text of `/proc/self/mountinfo`: the mount point that is the longest prefix of
+/// the path decides. Unknown means yes: the careful path costs only time.
+pub(crate) fn is_network_mount(mountinfo: &str, path: &Path) -> bool {
+    let mut best: Option<(usize, &str)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        let Some(fs_type) = right.split_whitespace().next() else {
+            continue;
+        };
+        // Octal escapes (\040 for a space) are rare in mount points; such mounts simply
+        // fail to match and fall to a shorter prefix.
+        if path.starts_with(mount_point) && best.is_none_or(|(len, _)| mount_point.len() > len) {
+            best = Some((mount_point.len(), fs_type));
+        }
+    }
+    match best {
+        Some((_, fs)) => fs.starts_with("fuse") || NETWORK_FS.contains(&fs),
+        None => true,
+    }
+}
+
+/// Open handles on the files a snapshot reads, re-read from offset 0 each time (procfs and
+/// cgroupfs regenerate their text on every read), which saves an open and a close per file
+/// per snapshot. Cgroup limits are re-read every [`LIMITS_TTL`](ProcFiles::LIMITS_TTL).
+#[derive(Debug)]
+pub(crate) struct ProcFiles {
+    statm: Option<std::fs::File>,
+    stat: Option<std::fs::File>,
+    system_stat: Option<std::fs::File>,
+    meminfo: Option<std::fs::File>,
+    cgroup_usage: Option<std::fs::File>,
+    cgroup: Option<(std::time::Instant, Option<CgroupLimits>)>,
+}
+
+impl ProcFiles {
+    const LIMITS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub(crate) fn open() -> Self {
+        let open = |p: &str| std::fs::File::open(p).ok();
+        Self {
+            statm: open("/proc/self/statm"),
+            stat: open("/proc/self/stat"),
+            system_stat: open("/proc/stat"),
+            meminfo: open("/proc/meminfo"),
+            cgroup_usage: None,
+            cgroup: None,
+        }
+    }
+
+    fn text(&self, which: fn(&Self) -> &Option<std::fs::File>) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        let file = which(self).as_ref()?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        // Bounded: no file read here is anywhere near 1 MiB.
+        while buf.len() < (1 << 20) {
+            let n = file.read_at(&mut chunk, buf.len() as u64).ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(buf).ok()
+    }
+
+    pub(crate) fn statm(&self) -> Option<String> {
+        self.text(|s| &s.statm)
+    }
+
+    pub(crate) fn stat(&self) -> Option<String> {
+        self.text(|s| &s.stat)
+    }
+
+    pub(crate) fn system_stat(&self) -> Option<String> {
+        self.text(|s| &s.system_stat)
+    }
+
+    pub(crate) fn meminfo(&self) -> Option<String> {
+        self.text(|s| &s.meminfo)
+    }
+
+    /// The cgroup's limits (cached) with its current memory usage (read now).
+    pub(crate) fn cgroup(&mut self) -> Option<CgroupLimits> {
+        let fresh = self
+            .cgroup
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Self::LIMITS_TTL);
+        if !fresh {
+            let limits = std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|t| read_cgroup(Path::new("/sys/fs/cgroup"), &t));
+            self.cgroup_usage = usage_file(Path::new("/sys/fs/cgroup"));
+            self.cgroup = Some((std::time::Instant::now(), limits));
+        }
+        let mut limits = self.cgroup.as_ref()?.1?;
+        if let Some(text) = self.text(|s| &s.cgroup_usage) {
+            limits.memory_usage = text.trim().parse().ok();
+        }
+        Some(limits)
+    }
+}
+
+/// The open file that holds the cgroup's current memory usage.
+fn usage_file(root: &Path) -> Option<std::fs::File> {
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (base, rel, name) = match parse_proc_self_cgroup(&self_cgroup)? {
+        CgroupPaths::V2(rel) => (root.to_path_buf(), rel, "memory.current"),
+        CgroupPaths::V1 { memory, .. } => (root.join("memory"), memory?, "memory.usage_in_bytes"),
+    };
+    let candidate = base.join(rel.trim_start_matches('/')).join(name);
+    std::fs::File::open(&candidate)
+        .or_else(|_| std::fs::File::open(base.join(name)))
+        .ok()
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+
+    #[test]
+    fn network_mounts_are_found_by_longest_prefix() {
+        let mountinfo = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /data rw,relatime shared:2 - nfs4 server:/export rw
+41 40 8:2 / /data/local rw,relatime shared:3 - xfs /dev/sdb1 rw
+42 22 0:40 / /mnt/remote rw - fuse.sshfs host: rw
+";
+        assert!(!is_network_mount(mountinfo, Path::new("/home/user")));
+        assert!(is_network_mount(
+            mountinfo,
+            Path::new("/data/shared/x.parquet")
+        ));
+        assert!(!is_network_mount(mountinfo, Path::new("/data/local/y")));
+        assert!(is_network_mount(mountinfo, Path::new("/mnt/remote")));
+        assert!(
+            is_network_mount("", Path::new("/anything")),
+            "unknown counts as network"
+        );
+    }
+}

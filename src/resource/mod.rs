@@ -401,6 +401,10 @@ pub struct ResourceMonitor {
     paths: Vec<PathBuf>,
     previous_cpu: Mutex<Option<CpuSample>>,
     statvfs: Mutex<Option<StatvfsWorker>>,
+    /// Per checked path: whether its filesystem can hang (network, FUSE), decided once.
+    can_hang: Mutex<std::collections::HashMap<PathBuf, bool>>,
+    #[cfg(target_os = "linux")]
+    files: Mutex<linux::ProcFiles>,
 }
 
 impl ResourceMonitor {
@@ -412,6 +416,9 @@ impl ResourceMonitor {
             paths: Vec::new(),
             previous_cpu: Mutex::new(None),
             statvfs: Mutex::new(None),
+            can_hang: Mutex::new(std::collections::HashMap::new()),
+            #[cfg(target_os = "linux")]
+            files: Mutex::new(linux::ProcFiles::open()),
         })
     }
 
@@ -487,10 +494,36 @@ impl ResourceMonitor {
         }
     }
 
-    /// `statvfs(path)`, bounded by the limits' timeout. A call that does not return in time
-    /// leaves its worker thread blocked in the kernel (a thread cannot be cancelled); the
-    /// next call starts a new worker.
+    /// Whether `statvfs` on `path` could block: on Linux, when the path is on a network or
+    /// FUSE filesystem (decided once per path from `/proc/self/mountinfo`, without touching
+    /// the mount); elsewhere, always.
+    fn can_hang(&self, path: &Path) -> bool {
+        let mut known = self.can_hang.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&v) = known.get(path) {
+            return v;
+        }
+        #[cfg(target_os = "linux")]
+        let v = {
+            let absolute = std::env::current_dir()
+                .map(|cwd| cwd.join(path))
+                .unwrap_or_else(|_| path.to_path_buf());
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .map_or(true, |m| linux::is_network_mount(&m, &absolute))
+        };
+        #[cfg(not(target_os = "linux"))]
+        let v = true;
+        known.insert(path.to_path_buf(), v);
+        v
+    }
+
+    /// `statvfs(path)`: directly on local filesystems; on those that can hang, on a worker
+    /// thread bounded by the limits' timeout. A call that does not return in time leaves its
+    /// worker blocked in the kernel (a thread cannot be cancelled); the next call starts a
+    /// new worker.
     fn disk_usage(&self, path: &Path) -> DiskUsage {
+        if !self.can_hang(path) {
+            return platform::statvfs(path);
+        }
         let mut slot = self.statvfs.lock().unwrap_or_else(PoisonError::into_inner);
         let worker = match slot.take() {
             Some(w) => w,
@@ -612,20 +645,22 @@ mod platform {
         }
     }
 
-    fn read(path: &str) -> Option<String> {
-        std::fs::read_to_string(path).ok()
-    }
-
     pub(super) fn snapshot(monitor: &ResourceMonitor, paths: &[&Path]) -> ResourceSnapshot {
         let page = sysconf_u64(nix::unistd::SysconfVar::PAGE_SIZE, 4096);
         let tck = sysconf_u64(nix::unistd::SysconfVar::CLK_TCK, 100);
         let now = Instant::now();
-        let rss = read("/proc/self/statm").and_then(|t| linux::parse_statm_rss(&t, page));
-        let ticks = read("/proc/self/stat").and_then(|t| linux::parse_stat_cpu_ticks(&t));
-        let system = read("/proc/stat").and_then(|t| linux::parse_proc_stat_cpu(&t));
-        let meminfo = read("/proc/meminfo").and_then(|t| linux::parse_meminfo(&t));
-        let cgroup = read("/proc/self/cgroup")
-            .and_then(|t| linux::read_cgroup(Path::new("/sys/fs/cgroup"), &t));
+        let (rss, ticks, system, meminfo, cgroup) = {
+            let mut files = monitor.files.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                files.statm().and_then(|t| linux::parse_statm_rss(&t, page)),
+                files.stat().and_then(|t| linux::parse_stat_cpu_ticks(&t)),
+                files
+                    .system_stat()
+                    .and_then(|t| linux::parse_proc_stat_cpu(&t)),
+                files.meminfo().and_then(|t| linux::parse_meminfo(&t)),
+                files.cgroup(),
+            )
+        };
         let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .ok()
             .map(|(soft, _hard)| soft);
