@@ -41,6 +41,7 @@ mod guard;
 mod limits;
 #[cfg(target_os = "linux")]
 mod linux;
+mod trend;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ pub use guard::{ResourceGuard, UsageDelta, resource_guard};
 pub use limits::ResourceLimits;
 #[cfg(target_os = "linux")]
 pub use linux::CgroupLimits;
+pub use trend::{
+    Gauge, PredictiveAlert, Predictor, ResourceSampler, SamplerConfig, SamplerEvent, Trend, gauges,
+};
 
 /// This process's own use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
