@@ -66,6 +66,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod resilience;
 pub mod resource;
 

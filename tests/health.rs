@@ -1,0 +1,122 @@
+//! HealthRegistry aggregation, timeouts, latency and last errors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use guardrails::health::{CheckOptions, HealthRegistry};
+use guardrails::prelude::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn status_is_the_worst_required_check() {
+    let mut r = HealthRegistry::new();
+    assert_eq!(r.run().status, HealthStatus::Healthy);
+    r.register("a", CheckOptions::required(T), || Ok(HealthStatus::Healthy));
+    r.register("b", CheckOptions::required(T), || {
+        Ok(HealthStatus::Unhealthy)
+    });
+    r.register("c", CheckOptions::required(T), || {
+        Ok(HealthStatus::Degraded)
+    });
+    let report = r.run();
+    assert_eq!(report.status, HealthStatus::Unhealthy);
+    assert_eq!(
+        report
+            .checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+}
+
+#[test]
+fn optional_checks_count_at_most_as_degraded() {
+    let mut r = HealthRegistry::new();
+    r.register("model", CheckOptions::required(T), || {
+        Ok(HealthStatus::Healthy)
+    });
+    r.register("metrics", CheckOptions::optional(T), || {
+        Ok(HealthStatus::Critical)
+    });
+    let report = r.run();
+    assert_eq!(report.status, HealthStatus::Degraded);
+    assert_eq!(
+        report.checks[1].status,
+        HealthStatus::Critical,
+        "its own status is kept"
+    );
+}
+
+#[test]
+fn errors_are_unhealthy_and_remembered() {
+    let fail = Arc::new(AtomicBool::new(true));
+    let f = Arc::clone(&fail);
+    let mut r = HealthRegistry::new();
+    r.register("llama", CheckOptions::required(T), move || {
+        if f.load(Ordering::SeqCst) {
+            Err(GuardrailError::external(std::io::Error::other(
+                "503 from model server",
+            )))
+        } else {
+            Ok(HealthStatus::Healthy)
+        }
+    });
+    let first = r.run();
+    assert_eq!(first.status, HealthStatus::Unhealthy);
+    assert_eq!(
+        first.checks[0].error.as_deref(),
+        Some("503 from model server")
+    );
+    fail.store(false, Ordering::SeqCst);
+    let second = r.run();
+    assert_eq!(second.status, HealthStatus::Healthy);
+    assert_eq!(second.checks[0].error, None);
+    assert_eq!(
+        second.checks[0].last_error.as_deref(),
+        Some("503 from model server")
+    );
+}
+
+#[test]
+fn a_hung_check_times_out_without_holding_up_the_others() {
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Mutex::new(hold);
+    let mut r = HealthRegistry::new();
+    r.register(
+        "stuck",
+        CheckOptions::required(Duration::from_millis(50)),
+        move || {
+            let _ = hold.lock().unwrap().recv();
+            Ok(HealthStatus::Healthy)
+        },
+    );
+    r.register("quick", CheckOptions::required(T), || {
+        Ok(HealthStatus::Healthy)
+    });
+    let start = Instant::now();
+    let report = r.run();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(report.status, HealthStatus::Unhealthy);
+    let stuck = &report.checks[0];
+    assert_eq!(stuck.latency, Duration::from_millis(50));
+    assert!(stuck.error.as_deref().unwrap().contains("no answer within"));
+    assert_eq!(report.checks[1].status, HealthStatus::Healthy);
+    drop(release);
+}
+
+#[test]
+fn the_resource_monitor_is_one_check() {
+    let mut r = HealthRegistry::new();
+    let strict = ResourceMonitor::new(ResourceLimits::new().with_max_memory_bytes(1)).unwrap();
+    r.register_resources(Arc::new(strict));
+    let report = r.run();
+    assert_eq!(report.checks[0].name, "resources");
+    if cfg!(target_os = "linux") {
+        assert_eq!(report.status, HealthStatus::Critical);
+    }
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["checks"][0]["name"], "resources");
+}
