@@ -191,3 +191,33 @@ fn timeout_applies_per_attempt_and_feeds_the_breaker() {
 fn empty_policy_just_calls() {
     assert_eq!(GuardPolicy::new("plain").call(|| Ok(3)).unwrap(), 3);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn resource_check_stops_attempts_past_a_limit() {
+    use guardrails::resource::ResourceMonitor;
+    let calls = Arc::new(AtomicU32::new(0));
+    let strict =
+        Arc::new(ResourceMonitor::new(ResourceLimits::new().with_max_memory_bytes(1)).unwrap());
+    let policy = GuardPolicy::new("train").with_resource_check(strict, None);
+    let c = Arc::clone(&calls);
+    let err = policy
+        .call(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let relaxed = Arc::new(ResourceMonitor::new(ResourceLimits::new()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        GuardPolicy::new("train").with_resource_check(relaxed, Some(dir.path().to_path_buf()));
+    // The default minimum of 50 GB free may not hold on a small test disk; whichever way it
+    // goes, the answer is a decision about resources, never a panic.
+    match policy.call(|| Ok(1)) {
+        Ok(v) => assert_eq!(v, 1),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ResourceExhausted),
+    }
+}

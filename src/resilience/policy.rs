@@ -128,6 +128,23 @@ impl GuardPolicy {
         self
     }
 
+    /// Checks the machine (and `path`'s filesystem) before each attempt: an attempt is not
+    /// made while a resource limit is exceeded or health is critical, and the caller gets
+    /// [`GuardrailError::ResourceExhausted`](crate::GuardrailError::ResourceExhausted)
+    /// (recoverable, so not retried by default).
+    pub fn with_resource_check(
+        self,
+        monitor: Arc<crate::resource::ResourceMonitor>,
+        path: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.with_preflight(move || {
+            crate::resource::resource_guard(&monitor, path.as_deref()).map(|guard| {
+                // Only the entry check matters here; the scope's delta is not wanted.
+                let _ = guard.finish();
+            })
+        })
+    }
+
     /// Guards attempts with `breaker`.
     pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
         self.breaker = Some(breaker);
