@@ -311,3 +311,39 @@ fn snapshot_serializes_for_reports() {
     assert_eq!(v["disks"][0]["status"], "available");
     assert!(v["gpu"]["status"].is_string());
 }
+
+#[test]
+fn portable_readers_agree_with_the_direct_ones() {
+    let _only = exclusive();
+    use guardrails::resource::Backend;
+    let direct = monitor();
+    let portable = ResourceMonitor::new(ResourceLimits::new())
+        .unwrap()
+        .with_backend(Backend::Portable)
+        .with_paths(["/"]);
+    let first = portable.snapshot();
+    assert_eq!(
+        first.process.cpu_percent, None,
+        "no baseline on the first snapshot"
+    );
+    assert_eq!(first.cpu.system_percent, None);
+    let d = direct.snapshot();
+    let p = portable.snapshot();
+    let (dr, pr) = (
+        d.process.rss_bytes.unwrap() as f64,
+        p.process.rss_bytes.unwrap() as f64,
+    );
+    assert!((dr - pr).abs() / dr < 0.1, "rss {dr} vs {pr}");
+    assert_eq!(d.memory.machine_total, p.memory.machine_total);
+    assert!(p.memory.effective_total.unwrap() <= p.memory.machine_total.unwrap());
+    assert!(
+        p.process
+            .open_fds
+            .unwrap()
+            .abs_diff(d.process.open_fds.unwrap())
+            <= 2
+    );
+    assert_eq!(p.process.fd_limit, d.process.fd_limit);
+    assert!(p.process.cpu_percent.is_some() && p.cpu.system_percent.is_some());
+    assert!(matches!(p.disks[0], DiskUsage::Available { .. }));
+}

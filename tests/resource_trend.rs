@@ -186,3 +186,29 @@ fn sampler_reports_and_stops_when_dropped() {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("drop stops the sampler");
 }
+
+#[cfg(feature = "async")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_sampler_reports_and_stops_when_dropped() {
+    let monitor = Arc::new(ResourceMonitor::new(ResourceLimits::new()).unwrap());
+    let sampler = ResourceSampler::spawn_tokio(
+        monitor,
+        SamplerConfig::new().with_interval(Duration::from_millis(5)),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sampler.latest().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(sampler.latest().is_some());
+    assert!(sampler.is_running());
+    drop(sampler);
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn tokio_sampler_needs_a_runtime() {
+    let monitor = Arc::new(ResourceMonitor::new(ResourceLimits::new()).unwrap());
+    let err = ResourceSampler::spawn_tokio(monitor, SamplerConfig::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}

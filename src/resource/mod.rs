@@ -2,8 +2,8 @@
 //! descriptors and NVIDIA GPUs; limits, violations, a health status, and RAII scopes.
 //!
 //! On Linux every figure is read directly (`/proc`, cgroup files, `statvfs`, `getrlimit`),
-//! which costs microseconds. Elsewhere the readers report the figures as unknown (`None`);
-//! a portable path through `sysinfo` is not built yet.
+//! which costs microseconds. Elsewhere (and on Linux by choice, [`Backend::Portable`]) the
+//! figures come from `sysinfo` with targeted refreshes, `statvfs` and `getrlimit`.
 //!
 //! # Health levels
 //!
@@ -409,6 +409,20 @@ pub struct ResourceMonitor {
     can_hang: Mutex<std::collections::HashMap<PathBuf, bool>>,
     #[cfg(target_os = "linux")]
     files: Mutex<linux::ProcFiles>,
+    backend: Backend,
+    portable: Mutex<portable::State>,
+}
+
+/// Which readers a monitor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Direct reads of /proc, cgroup files, statvfs and getrlimit (Linux; the default there).
+    #[cfg_attr(target_os = "linux", default)]
+    Direct,
+    /// `sysinfo`, with targeted refreshes (the default elsewhere). No cgroup CPU quota.
+    #[cfg_attr(not(target_os = "linux"), default)]
+    Portable,
 }
 
 impl ResourceMonitor {
@@ -423,6 +437,8 @@ impl ResourceMonitor {
             can_hang: Mutex::new(std::collections::HashMap::new()),
             #[cfg(target_os = "linux")]
             files: Mutex::new(linux::ProcFiles::open()),
+            backend: Backend::default(),
+            portable: Mutex::new(portable::State::new()),
         })
     }
 
@@ -433,6 +449,13 @@ impl ResourceMonitor {
         P: Into<PathBuf>,
     {
         self.paths.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Uses `backend`'s readers; [`Backend::Direct`] is only available on Linux and falls
+    /// back to [`Backend::Portable`] elsewhere.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
         self
     }
 
@@ -454,7 +477,11 @@ impl ResourceMonitor {
             .map(PathBuf::as_path)
             .chain(extra.iter().copied())
             .collect();
-        platform::snapshot(self, &paths)
+        match self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Direct => platform::snapshot(self, &paths),
+            _ => portable::snapshot(self, &paths),
+        }
     }
 
     /// Judges a snapshot of the configured paths.
@@ -526,7 +553,7 @@ impl ResourceMonitor {
     /// new worker.
     fn disk_usage(&self, path: &Path) -> DiskUsage {
         if !self.can_hang(path) {
-            return platform::statvfs(path);
+            return statvfs(path);
         }
         let mut slot = self.statvfs.lock().unwrap_or_else(PoisonError::into_inner);
         let worker = match slot.take() {
@@ -581,7 +608,7 @@ impl StatvfsWorker {
             .name("guardrails-statvfs".into())
             .spawn(move || {
                 for path in rx {
-                    if tx.send(platform::statvfs(&path)).is_err() {
+                    if tx.send(statvfs(&path)).is_err() {
                         break;
                     }
                 }
@@ -600,8 +627,7 @@ mod platform {
 
     use super::linux;
     use super::{
-        CpuSample, CpuUsage, DiskUsage, MemoryUsage, ProcessUsage, ResourceMonitor,
-        ResourceSnapshot, gpu,
+        CpuSample, CpuUsage, MemoryUsage, ProcessUsage, ResourceMonitor, ResourceSnapshot, gpu,
     };
 
     fn sysconf_u64(var: nix::unistd::SysconfVar, fallback: u64) -> u64 {
@@ -623,29 +649,6 @@ mod platform {
                 v
             }
             v => v,
-        }
-    }
-
-    // The statvfs field types are u32 on some 32-bit targets and u64 on the rest.
-    #[allow(clippy::unnecessary_cast)]
-    pub(super) fn statvfs(path: &Path) -> DiskUsage {
-        match nix::sys::statvfs::statvfs(path) {
-            Ok(s) => {
-                let frag = s.fragment_size() as u64;
-                let total = (s.blocks() as u64).saturating_mul(frag);
-                let free = (s.blocks_available() as u64).saturating_mul(frag);
-                let used = total.saturating_sub((s.blocks_free() as u64).saturating_mul(frag));
-                DiskUsage::Available {
-                    path: path.to_path_buf(),
-                    total,
-                    used,
-                    free,
-                }
-            }
-            Err(e) => DiskUsage::Unavailable {
-                path: path.to_path_buf(),
-                reason: format!("statvfs: {e}"),
-            },
         }
     }
 
@@ -735,39 +738,147 @@ mod platform {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-mod platform {
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)]
+/// Space on `path`'s filesystem. (The statvfs field types are u32 on some 32-bit targets
+/// and u64 on the rest, hence the casts.)
+pub(crate) fn statvfs(path: &Path) -> DiskUsage {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => {
+            let frag = s.fragment_size() as u64;
+            let total = (s.blocks() as u64).saturating_mul(frag);
+            let free = (s.blocks_available() as u64).saturating_mul(frag);
+            let used = total.saturating_sub((s.blocks_free() as u64).saturating_mul(frag));
+            DiskUsage::Available {
+                path: path.to_path_buf(),
+                total,
+                used,
+                free,
+            }
+        }
+        Err(e) => DiskUsage::Unavailable {
+            path: path.to_path_buf(),
+            reason: format!("statvfs: {e}"),
+        },
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn statvfs(path: &Path) -> DiskUsage {
+    DiskUsage::Unavailable {
+        path: path.to_path_buf(),
+        reason: "statvfs is not available on this platform".into(),
+    }
+}
+
+/// The portable readers, through `sysinfo` with targeted refreshes (never a full refresh):
+/// the only readers off Linux, and a choice on Linux ([`Backend::Portable`]).
+mod portable {
     use std::path::Path;
     use std::time::SystemTime;
 
-    use super::{
-        CpuUsage, DiskUsage, MemoryUsage, ProcessUsage, ResourceMonitor, ResourceSnapshot, gpu,
-    };
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
 
-    pub(super) fn statvfs(path: &Path) -> DiskUsage {
-        DiskUsage::Unavailable {
-            path: path.to_path_buf(),
-            reason: "disk figures are only read on Linux so far".into(),
+    use super::{CpuUsage, MemoryUsage, ProcessUsage, ResourceMonitor, ResourceSnapshot, gpu};
+
+    #[derive(Debug)]
+    pub(crate) struct State {
+        sys: sysinfo::System,
+        pid: Option<sysinfo::Pid>,
+        primed: bool,
+    }
+
+    impl State {
+        pub(crate) fn new() -> Self {
+            Self {
+                sys: sysinfo::System::new(),
+                pid: sysinfo::get_current_pid().ok(),
+                primed: false,
+            }
         }
     }
 
-    pub(super) fn snapshot(monitor: &ResourceMonitor, paths: &[&Path]) -> ResourceSnapshot {
+    fn open_fds() -> Option<u64> {
+        #[cfg(unix)]
+        {
+            let n = std::fs::read_dir("/dev/fd").ok()?.count() as u64;
+            Some(n.saturating_sub(1))
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
+    fn fd_limit() -> Option<u64> {
+        #[cfg(unix)]
+        {
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
+    pub(crate) fn snapshot(monitor: &ResourceMonitor, paths: &[&Path]) -> ResourceSnapshot {
+        let (rss, process_cpu, system_cpu, total, available, cgroup_total) = {
+            let mut st = monitor
+                .portable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pid = st.pid;
+            st.sys.refresh_memory();
+            st.sys.refresh_cpu_usage();
+            if let Some(pid) = pid {
+                st.sys.refresh_processes_specifics(
+                    ProcessesToUpdate::Some(&[pid]),
+                    false,
+                    ProcessRefreshKind::nothing().with_memory().with_cpu(),
+                );
+            }
+            // sysinfo's rates need two refreshes; the first has no baseline.
+            let primed = st.primed;
+            st.primed = true;
+            let process = pid.and_then(|p| st.sys.process(p));
+            let total = st.sys.total_memory();
+            let cgroup_total = st.sys.cgroup_limits().map(|c| c.total_memory);
+            (
+                process.map(|p| p.memory()),
+                process.filter(|_| primed).map(|p| f64::from(p.cpu_usage())),
+                primed.then(|| f64::from(st.sys.global_cpu_usage())),
+                (total > 0).then_some(total),
+                Some(st.sys.available_memory()),
+                cgroup_total,
+            )
+        };
+        let effective_total = match (total, cgroup_total) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (m, c) => m.or(c),
+        };
         ResourceSnapshot {
             taken_at: SystemTime::now(),
             process: ProcessUsage {
-                rss_bytes: None,
-                cpu_percent: None,
-                open_fds: None,
-                fd_limit: None,
+                rss_bytes: rss,
+                cpu_percent: process_cpu,
+                open_fds: open_fds(),
+                fd_limit: fd_limit(),
             },
             memory: MemoryUsage {
-                machine_total: None,
-                machine_available: None,
-                effective_total: None,
-                effective_available: None,
+                machine_total: total,
+                machine_available: available,
+                #[cfg(target_os = "linux")]
+                cgroup: None,
+                effective_total,
+                effective_available: match (available, effective_total) {
+                    (Some(a), Some(t)) => Some(a.min(t)),
+                    (a, _) => a,
+                },
             },
             cpu: CpuUsage {
-                system_percent: None,
+                system_percent: system_cpu,
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 quota_cores: None,
             },

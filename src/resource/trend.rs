@@ -351,8 +351,67 @@ struct Shared {
     alerts: Mutex<Vec<PredictiveAlert>>,
 }
 
-/// Samples a monitor on a background thread, tells listeners of status changes and
-/// predictive alerts, and stops (joining its thread) when dropped.
+/// One sampling step, shared by the thread and the tokio task.
+struct Core {
+    monitor: Arc<ResourceMonitor>,
+    predictor: Predictor,
+    clock: SharedClock,
+    last_status: Option<HealthStatus>,
+    shared: Arc<Shared>,
+}
+
+impl Core {
+    fn tick(&mut self) {
+        let report = self.monitor.health();
+        let mut events = Vec::new();
+        if let Some(from) = self.last_status
+            && from != report.status
+        {
+            events.push(SamplerEvent::StatusChanged {
+                from,
+                to: report.status,
+            });
+        }
+        self.last_status = Some(report.status);
+        events.extend(self.predictor.observe(
+            self.clock.now(),
+            &gauges(&report.snapshot, self.monitor.limits()),
+        ));
+        *self
+            .shared
+            .alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.predictor.active_alerts();
+        *self
+            .shared
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(report);
+        let listeners: Vec<Listener> = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for e in &events {
+            for l in &listeners {
+                l(e);
+            }
+        }
+    }
+}
+
+enum Runner {
+    Thread {
+        stop: Option<mpsc::Sender<()>>,
+        handle: Option<JoinHandle<()>>,
+    },
+    #[cfg(feature = "async")]
+    Task(tokio::task::JoinHandle<()>),
+}
+
+/// Samples a monitor in the background (a std thread, or a tokio task under `async`),
+/// tells listeners of status changes and predictive alerts, and stops when dropped.
 ///
 /// ```
 /// use guardrails::resource::{ResourceLimits, ResourceMonitor, ResourceSampler, SamplerConfig};
@@ -367,8 +426,7 @@ struct Shared {
 /// ```
 pub struct ResourceSampler {
     shared: Arc<Shared>,
-    stop: Option<mpsc::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
+    runner: Runner,
 }
 
 impl std::fmt::Debug for ResourceSampler {
@@ -378,64 +436,45 @@ impl std::fmt::Debug for ResourceSampler {
 }
 
 impl ResourceSampler {
-    /// Starts sampling `monitor` every `config.interval` on the system clock.
-    pub fn start(monitor: Arc<ResourceMonitor>, config: SamplerConfig) -> Result<Self> {
-        Self::start_with_clock(monitor, config, SystemClock)
-    }
-
-    /// Starts sampling, timestamping samples with `clock` (the wait between samples is
-    /// real time).
-    pub fn start_with_clock(
+    fn core(
         monitor: Arc<ResourceMonitor>,
-        config: SamplerConfig,
-        clock: impl Clock + 'static,
-    ) -> Result<Self> {
-        let mut predictor = Predictor::new(config.clone())?;
-        let clock: SharedClock = Arc::new(clock);
+        config: &SamplerConfig,
+        clock: SharedClock,
+    ) -> Result<(Core, Arc<Shared>)> {
         let shared = Arc::new(Shared {
             listeners: Mutex::new(Vec::new()),
             latest: Mutex::new(None),
             alerts: Mutex::new(Vec::new()),
         });
+        let core = Core {
+            monitor,
+            predictor: Predictor::new(config.clone())?,
+            clock,
+            last_status: None,
+            shared: Arc::clone(&shared),
+        };
+        Ok((core, shared))
+    }
+
+    /// Starts sampling `monitor` every `config.interval` on a thread, on the system clock.
+    pub fn start(monitor: Arc<ResourceMonitor>, config: SamplerConfig) -> Result<Self> {
+        Self::start_with_clock(monitor, config, SystemClock)
+    }
+
+    /// Starts sampling on a thread, timestamping samples with `clock` (the wait between
+    /// samples is real time).
+    pub fn start_with_clock(
+        monitor: Arc<ResourceMonitor>,
+        config: SamplerConfig,
+        clock: impl Clock + 'static,
+    ) -> Result<Self> {
+        let (mut core, shared) = Self::core(monitor, &config, Arc::new(clock))?;
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("guardrails-resource-sampler".into())
             .spawn(move || {
-                let mut last_status: Option<HealthStatus> = None;
                 loop {
-                    let report = monitor.health();
-                    let mut events = Vec::new();
-                    if let Some(from) = last_status
-                        && from != report.status
-                    {
-                        events.push(SamplerEvent::StatusChanged {
-                            from,
-                            to: report.status,
-                        });
-                    }
-                    last_status = Some(report.status);
-                    events.extend(
-                        predictor.observe(clock.now(), &gauges(&report.snapshot, monitor.limits())),
-                    );
-                    *thread_shared
-                        .alerts
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = predictor.active_alerts();
-                    *thread_shared
-                        .latest
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(report);
-                    let listeners: Vec<Listener> = thread_shared
-                        .listeners
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone();
-                    for e in &events {
-                        for l in &listeners {
-                            l(e);
-                        }
-                    }
+                    core.tick();
                     // The channel is the sleep: dropping the sampler wakes the thread at once.
                     match stopped.recv_timeout(config.interval) {
                         Err(RecvTimeoutError::Timeout) => continue,
@@ -449,8 +488,42 @@ impl ResourceSampler {
             })?;
         Ok(Self {
             shared,
-            stop: Some(stop),
-            handle: Some(handle),
+            runner: Runner::Thread {
+                stop: Some(stop),
+                handle: Some(handle),
+            },
+        })
+    }
+
+    /// Starts sampling as a tokio task on the current runtime; samples are taken on tokio's
+    /// blocking pool (a snapshot may wait on a slow filesystem) and timestamped on tokio's
+    /// clock, so paused time drives it in tests. Must be called within a runtime.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn spawn_tokio(monitor: Arc<ResourceMonitor>, config: SamplerConfig) -> Result<Self> {
+        let (core, shared) = Self::core(monitor, &config, Arc::new(crate::clock::TokioClock))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            GuardrailError::config("sampler", format!("spawn_tokio needs a tokio runtime: {e}"))
+        })?;
+        let task = runtime.spawn(async move {
+            let mut core = Some(core);
+            loop {
+                let Some(mut c) = core.take() else { break };
+                match tokio::task::spawn_blocking(move || {
+                    c.tick();
+                    c
+                })
+                .await
+                {
+                    Ok(c) => core = Some(c),
+                    Err(_) => break,
+                }
+                tokio::time::sleep(config.interval).await;
+            }
+        });
+        Ok(Self {
+            shared,
+            runner: Runner::Task(task),
         })
     }
 
@@ -485,17 +558,27 @@ impl ResourceSampler {
             .clone()
     }
 
-    /// Whether the sampling thread is still running.
+    /// Whether the sampling thread or task is still running.
     pub fn is_running(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+        match &self.runner {
+            Runner::Thread { handle, .. } => handle.as_ref().is_some_and(|h| !h.is_finished()),
+            #[cfg(feature = "async")]
+            Runner::Task(task) => !task.is_finished(),
+        }
     }
 }
 
 impl Drop for ResourceSampler {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        match &mut self.runner {
+            Runner::Thread { stop, handle } => {
+                drop(stop.take());
+                if let Some(h) = handle.take() {
+                    let _ = h.join();
+                }
+            }
+            #[cfg(feature = "async")]
+            Runner::Task(task) => task.abort(),
         }
     }
 }
