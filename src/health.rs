@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+#[cfg(feature = "async")]
+use crate::error::GuardrailError;
 use crate::error::Result;
 use crate::resource::{HealthStatus, ResourceMonitor};
 
@@ -89,13 +91,28 @@ pub struct RegistryReport {
 }
 
 type CheckFn = Arc<dyn Fn() -> Result<HealthStatus> + Send + Sync>;
+#[cfg(feature = "async")]
+type AsyncCheckFn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<HealthStatus>> + Send>>
+        + Send
+        + Sync,
+>;
+
+enum Probe {
+    Sync(CheckFn),
+    #[cfg(feature = "async")]
+    Async(AsyncCheckFn),
+}
 
 struct Check {
     name: String,
     options: CheckOptions,
-    run: CheckFn,
+    probe: Probe,
     last_error: Arc<Mutex<Option<String>>>,
 }
+
+/// What one check's run came to, before aggregation.
+type Answer = Option<(Result<HealthStatus>, Duration)>;
 
 /// Named health checks; see the [module docs](self).
 #[derive(Default)]
@@ -128,9 +145,75 @@ impl HealthRegistry {
         self.checks.push(Check {
             name,
             options,
-            run: Arc::new(check),
+            probe: Probe::Sync(Arc::new(check)),
             last_error: Arc::new(Mutex::new(None)),
         });
+    }
+
+    /// Adds an async check (an LLM endpoint's ping, say); [`run_async`](Self::run_async)
+    /// awaits it, [`run`](Self::run) drives it on a small runtime of its own.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn register_async<F, Fut>(
+        &mut self,
+        name: impl Into<String>,
+        options: CheckOptions,
+        check: F,
+    ) where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<HealthStatus>> + Send + 'static,
+    {
+        let name = name.into();
+        self.checks.retain(|c| c.name != name);
+        self.checks.push(Check {
+            name,
+            options,
+            probe: Probe::Async(Arc::new(move || Box::pin(check()))),
+            last_error: Arc::new(Mutex::new(None)),
+        });
+    }
+
+    /// Runs every check at once on tokio, each bounded by its timeout (sync checks on the
+    /// blocking pool), and aggregates.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn run_async(&self) -> RegistryReport {
+        let tasks: Vec<_> = self
+            .checks
+            .iter()
+            .map(|c| {
+                let timeout = c.options.timeout;
+                let fut: std::pin::Pin<
+                    Box<dyn std::future::Future<Output = Result<HealthStatus>> + Send>,
+                > = match &c.probe {
+                    Probe::Async(f) => f(),
+                    Probe::Sync(f) => {
+                        let f = Arc::clone(f);
+                        Box::pin(async move {
+                            tokio::task::spawn_blocking(move || f())
+                                .await
+                                .unwrap_or_else(|e| {
+                                    Err(GuardrailError::Cancelled {
+                                        operation: format!("health check: {e}"),
+                                    })
+                                })
+                        })
+                    }
+                };
+                tokio::spawn(async move {
+                    let began = tokio::time::Instant::now();
+                    tokio::time::timeout(timeout, fut)
+                        .await
+                        .ok()
+                        .map(|r| (r, began.elapsed()))
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            answers.push(t.await.ok().flatten());
+        }
+        self.aggregate(answers.into_iter().map(|a| (a, true)).collect())
     }
 
     /// Adds the resource monitor as the required check `"resources"` (timeout 5 s).
@@ -150,27 +233,60 @@ impl HealthRegistry {
             .iter()
             .map(|c| {
                 let (tx, rx) = mpsc::sync_channel(1);
-                let run = Arc::clone(&c.run);
-                let spawned = std::thread::Builder::new()
-                    .name(format!("guardrails-health-{}", c.name))
-                    .spawn(move || {
-                        let began = Instant::now();
-                        let result = run();
-                        let _ = tx.send((result, began.elapsed()));
-                    });
-                (c, rx, spawned.is_ok())
+                let spawned = match &c.probe {
+                    Probe::Sync(f) => {
+                        let run = Arc::clone(f);
+                        std::thread::Builder::new()
+                            .name(format!("guardrails-health-{}", c.name))
+                            .spawn(move || {
+                                let began = Instant::now();
+                                let result = run();
+                                let _ = tx.send((result, began.elapsed()));
+                            })
+                            .is_ok()
+                    }
+                    #[cfg(feature = "async")]
+                    Probe::Async(f) => {
+                        let fut = f();
+                        std::thread::Builder::new()
+                            .name(format!("guardrails-health-{}", c.name))
+                            .spawn(move || {
+                                let began = Instant::now();
+                                let result = tokio::runtime::Builder::new_current_thread()
+                                    .enable_time()
+                                    .build()
+                                    .map_err(GuardrailError::from)
+                                    .and_then(|rt| rt.block_on(fut));
+                                let _ = tx.send((result, began.elapsed()));
+                            })
+                            .is_ok()
+                    }
+                };
+                (c, rx, spawned)
             })
             .collect();
-        let checks: Vec<CheckResult> = pending
+        let answers = pending
             .into_iter()
             .map(|(c, rx, spawned)| {
                 let deadline = start + c.options.timeout;
-                let waited = if spawned {
+                let answer = if spawned {
                     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
                         .ok()
                 } else {
                     None
                 };
+                (answer, spawned)
+            })
+            .collect();
+        self.aggregate(answers)
+    }
+
+    fn aggregate(&self, answers: Vec<(Answer, bool)>) -> RegistryReport {
+        let checks: Vec<CheckResult> = self
+            .checks
+            .iter()
+            .zip(answers)
+            .map(|(c, (waited, spawned))| {
                 let (status, latency, error) = match waited {
                     Some((Ok(status), latency)) => (status, latency, None),
                     Some((Err(e), latency)) => (
@@ -186,7 +302,7 @@ impl HealthRegistry {
                     None => (
                         HealthStatus::Unhealthy,
                         Duration::ZERO,
-                        Some("could not start the check's thread".into()),
+                        Some("could not start the check".into()),
                     ),
                 };
                 let mut last = c.last_error.lock().unwrap_or_else(PoisonError::into_inner);

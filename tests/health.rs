@@ -120,3 +120,57 @@ fn the_resource_monitor_is_one_check() {
     let v = serde_json::to_value(&report).unwrap();
     assert_eq!(v["checks"][0]["name"], "resources");
 }
+
+#[cfg(feature = "async")]
+#[tokio::test(start_paused = true)]
+async fn async_checks_run_concurrently_with_timeouts() {
+    let mut r = HealthRegistry::new();
+    r.register_async(
+        "qwen",
+        CheckOptions::required(Duration::from_secs(5)),
+        || async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(HealthStatus::Healthy)
+        },
+    );
+    r.register_async(
+        "mistral",
+        CheckOptions::required(Duration::from_secs(2)),
+        || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(HealthStatus::Healthy)
+        },
+    );
+    r.register(
+        "sync",
+        CheckOptions::optional(Duration::from_secs(5)),
+        || Ok(HealthStatus::Degraded),
+    );
+    let start = tokio::time::Instant::now();
+    let report = r.run_async().await;
+    // All at once: the slowest bound is the 2 s timeout, not the sum.
+    assert!(start.elapsed() <= Duration::from_secs(3));
+    assert_eq!(report.checks[0].status, HealthStatus::Healthy);
+    assert_eq!(report.checks[0].latency, Duration::from_secs(1));
+    assert_eq!(report.checks[1].status, HealthStatus::Unhealthy);
+    assert!(
+        report.checks[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no answer within 2s")
+    );
+    assert_eq!(report.status, HealthStatus::Unhealthy);
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn async_checks_also_run_from_blocking_code() {
+    let mut r = HealthRegistry::new();
+    r.register_async("llama", CheckOptions::required(T), || async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(HealthStatus::Degraded)
+    });
+    let report = r.run();
+    assert_eq!(report.status, HealthStatus::Degraded);
+}
