@@ -37,6 +37,7 @@ use crate::error::{GuardrailError, Result};
 use std::collections::BTreeMap;
 
 use crate::cache::CacheConfig;
+use crate::json_guard::JsonGuardConfig;
 use crate::resilience::{BreakerRegistryConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
 use crate::resource::ResourceLimits;
 
@@ -60,6 +61,8 @@ pub struct GuardrailsConfig {
     pub caches: BTreeMap<String, CacheConfig>,
     /// `[resources]`: see [`ResourceLimits`].
     pub resources: ResourceLimits,
+    /// `[json_guard]`: see [`JsonGuardConfig`].
+    pub json_guard: JsonGuardConfig,
 }
 
 impl GuardrailsConfig {
@@ -75,6 +78,7 @@ impl GuardrailsConfig {
             rate_limits: BTreeMap::new(),
             caches: BTreeMap::new(),
             resources: ResourceLimits::new(),
+            json_guard: JsonGuardConfig::new(),
         }
     }
 
@@ -152,6 +156,7 @@ impl GuardrailsConfig {
             ("retry".into(), self.retry.validate()),
             ("breakers".into(), self.breakers.validate()),
             ("resources".into(), self.resources.validate()),
+            ("json_guard".into(), self.json_guard.validate()),
         ];
         for (name, c) in &self.bulkheads {
             sections.push((format!("bulkheads.{name}"), c.validate()));

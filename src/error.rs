@@ -123,6 +123,8 @@ pub enum ErrorKind {
     Cancelled,
     /// [`GuardrailError::External`]
     External,
+    /// [`GuardrailError::JsonGuard`]
+    JsonGuard,
 }
 
 impl ErrorKind {
@@ -140,6 +142,7 @@ impl ErrorKind {
             Self::Io => "io",
             Self::Cancelled => "cancelled",
             Self::External => "external",
+            Self::JsonGuard => "json_guard",
         }
     }
 }
@@ -258,6 +261,15 @@ pub enum GuardrailError {
         operation: String,
     },
 
+    /// The JSON guard found no valid output in any attempt.
+    #[error("json guard: no valid output after {attempts} attempt(s){}", .problems.first().map(|p| format!(": {p}")).unwrap_or_default())]
+    JsonGuard {
+        /// Attempts made.
+        attempts: u32,
+        /// Every attempt's problems, as "attempt N: <path>: <message>".
+        problems: Vec<String>,
+    },
+
     /// The caller's own error, carried through guards with a class the caller chose.
     #[error(transparent)]
     External(ExternalError),
@@ -341,6 +353,7 @@ impl GuardrailError {
             Self::Io { .. } => ErrorKind::Io,
             Self::Cancelled { .. } => ErrorKind::Cancelled,
             Self::External(_) => ErrorKind::External,
+            Self::JsonGuard { .. } => ErrorKind::JsonGuard,
             // `inner()` never returns these layers.
             Self::Context(_) | Self::Shared(_) => ErrorKind::External,
         }
@@ -357,7 +370,7 @@ impl GuardrailError {
             Self::ResourceExhausted { .. }
             | Self::CircuitOpen { .. }
             | Self::RetriesExhausted { .. } => ErrorClass::Recoverable,
-            Self::DataIntegrity { .. } => ErrorClass::Validation,
+            Self::DataIntegrity { .. } | Self::JsonGuard { .. } => ErrorClass::Validation,
             Self::Config { .. } | Self::Cancelled { .. } => ErrorClass::Fatal,
             Self::Io { source, .. } => io_class(source.kind()),
             Self::External(e) => e.class,
@@ -466,6 +479,9 @@ impl GuardrailError {
                 "io_kind": format!("{:?}", source.kind()),
             }),
             Self::Cancelled { operation } => json!({ "operation": operation }),
+            Self::JsonGuard { attempts, problems } => {
+                json!({ "attempts": attempts, "problems": problems })
+            }
             Self::External(_) => json!({}),
             Self::Context(_) | Self::Shared(_) => return self.inner().fields(),
         };

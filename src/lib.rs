@@ -67,6 +67,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod json_guard;
 pub mod resilience;
 pub mod resource;
 

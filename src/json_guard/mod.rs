@@ -1,0 +1,619 @@
+//! `JsonHardGuard`: structured LLM output that is always valid or explicitly a fallback.
+//!
+//! One attempt runs: size limit → extraction (a ```json fence, else the first balanced
+//! object or array in the prose, else the whole text) → strict parse → if that fails and
+//! repair is allowed, [repair](Fix) recording every fix → depth limit → JSON Schema
+//! validation (feature `json`, compiled once) with every error's instance path → typed
+//! deserialization into the caller's `T`.
+//!
+//! Valid JSON is never changed: the strict parse comes first, and repair only runs on text
+//! that does not parse.
+//!
+//! [`run`](JsonHardGuard::run) drives a generator (the caller's closure that asks the
+//! model): a transport error is retried with exponential backoff and jitter and never fed
+//! back into the prompt; a parse or schema failure is re-asked at once with [`Feedback`]
+//! naming the errors and their paths; output the caller marks as truncated is reported as
+//! such in the feedback so the caller can raise its budget. When every attempt fails, the
+//! fallback (if enabled) is returned with `fallback_used`, else
+//! [`GuardrailError::JsonGuard`] with every attempt's errors.
+//!
+//! ```
+//! use guardrails::json_guard::{JsonGuardConfig, JsonHardGuard};
+//! use serde::Deserialize;
+//!
+//! #[derive(Debug, Deserialize, PartialEq)]
+//! struct Verdict { label: String, score: f64 }
+//!
+//! let guard = JsonHardGuard::new(JsonGuardConfig::new())?;
+//! let answer = "Sure! Here it is:\n```json\n{'label': 'spam', score: 0.93,}\n```";
+//! let parsed = guard.parse::<Verdict>(answer)?;
+//! assert_eq!(parsed.value, Verdict { label: "spam".into(), score: 0.93 });
+//! assert_eq!(parsed.fixes.len(), 4); // two single-quoted strings, a bare key, a trailing comma
+//! # Ok::<(), guardrails::GuardrailError>(())
+//! ```
+
+mod extract;
+mod repair;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::error::{GuardrailError, Result};
+
+pub use repair::{Fix, FixKind};
+
+/// The `[json_guard]` section.
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `enabled` | `true` | off: text is parsed strictly, no repair, no retries |
+/// | `max_retries` | `3` | attempts after the first |
+/// | `backoff_base` | `"1s"` | first delay after a transport error, doubled each time |
+/// | `jitter` | `"500ms"` | up to this much random time added to each delay |
+/// | `fallback_enabled` | `true` | return the fallback when every attempt fails |
+/// | `strict_schema` | `true` | schema errors fail the attempt (off: they are recorded, the value is kept) |
+/// | `repair` | `true` | repair malformed JSON (the CLI's `--strict` turns it off) |
+/// | `max_bytes` | `1048576` | larger outputs are refused before parsing |
+/// | `max_depth` | `64` | deeper nesting is refused |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct JsonGuardConfig {
+    /// Whether the guard repairs and retries at all.
+    pub enabled: bool,
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// First delay after a transport error.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Largest random addition to a delay.
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Whether the fallback is used when every attempt fails.
+    pub fallback_enabled: bool,
+    /// Whether schema errors fail an attempt.
+    pub strict_schema: bool,
+    /// Whether malformed JSON is repaired.
+    pub repair: bool,
+    /// Size limit of one output, bytes.
+    pub max_bytes: usize,
+    /// Nesting limit.
+    pub max_depth: usize,
+}
+
+impl JsonGuardConfig {
+    /// The defaults in the table.
+    pub const fn new() -> Self {
+        Self {
+            enabled: true,
+            max_retries: 3,
+            backoff_base: Duration::from_secs(1),
+            jitter: Duration::from_millis(500),
+            fallback_enabled: true,
+            strict_schema: true,
+            repair: true,
+            max_bytes: 1 << 20,
+            max_depth: 64,
+        }
+    }
+
+    /// Turns repair on or off.
+    pub const fn with_repair(mut self, repair: bool) -> Self {
+        self.repair = repair;
+        self
+    }
+
+    /// Sets the retries.
+    pub const fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets the size limit.
+    pub const fn with_max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n;
+        self
+    }
+
+    /// Sets the nesting limit.
+    pub const fn with_max_depth(mut self, n: usize) -> Self {
+        self.max_depth = n;
+        self
+    }
+
+    /// Sets the fallback switch.
+    pub const fn with_fallback(mut self, enabled: bool) -> Self {
+        self.fallback_enabled = enabled;
+        self
+    }
+
+    /// Rejects zero limits.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_bytes == 0 {
+            return Err(GuardrailError::config("max_bytes", "must be at least 1"));
+        }
+        if self.max_depth == 0 || self.max_depth > 10_000 {
+            return Err(GuardrailError::config(
+                "max_depth",
+                format!("must be in 1..=10000, got {}", self.max_depth),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for JsonGuardConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What went wrong in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The generator failed (network, rate limit…): retried with backoff, never fed back.
+    Transport,
+    /// The output was larger than `max_bytes`.
+    TooLarge,
+    /// Nothing in the output could be read as JSON.
+    NoJson,
+    /// The JSON was malformed (and repair was off or did not help).
+    Parse,
+    /// Nested deeper than `max_depth`.
+    TooDeep,
+    /// The value did not match the schema.
+    Schema,
+    /// The value did not fit the caller's type.
+    Type,
+    /// The caller said the output was cut off (e.g. finish reason "length").
+    Truncated,
+}
+
+/// One problem of one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    /// Attempt number, 1-based.
+    pub attempt: u32,
+    /// What kind of problem.
+    pub kind: ProblemKind,
+    /// Where in the value (a JSON pointer such as `/items/2/price`), for schema and type
+    /// problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(p) if !p.is_empty() => write!(f, "{p}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A parsed value and the fixes that made it parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed<T> {
+    /// The value.
+    pub value: T,
+    /// Every repair applied (empty for valid JSON).
+    pub fixes: Vec<Fix>,
+    /// Schema problems kept because `strict_schema` is off.
+    pub warnings: Vec<Problem>,
+}
+
+/// One output of the caller's generator.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Generation {
+    /// The model's text.
+    pub text: String,
+    /// Whether it was cut off (finish reason "length" or similar).
+    pub truncated: bool,
+}
+
+impl From<String> for Generation {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            truncated: false,
+        }
+    }
+}
+
+impl From<&str> for Generation {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_string())
+    }
+}
+
+/// What the generator is told about the previous attempt, for the re-ask prompt.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Feedback {
+    /// The attempt about to run, 1-based.
+    pub attempt: u32,
+    /// The previous output's parse and schema problems (transport errors are never here).
+    pub problems: Vec<Problem>,
+    /// The previous output was cut off: raise the output budget rather than ask again.
+    pub truncated: bool,
+}
+
+impl Feedback {
+    /// A concise message for the re-ask prompt; empty on the first attempt.
+    pub fn message(&self) -> String {
+        if self.problems.is_empty() && !self.truncated {
+            return String::new();
+        }
+        let mut m =
+            String::from("Your previous answer was not valid JSON for the requested format.");
+        if self.truncated {
+            m.push_str(" It was cut off before the end; answer more briefly.");
+        }
+        for p in self.problems.iter().take(10) {
+            m.push_str("\n- ");
+            m.push_str(&p.to_string());
+        }
+        m.push_str("\nAnswer with the corrected JSON only.");
+        m
+    }
+}
+
+/// The result of [`JsonHardGuard::run`]: data, not only a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome<T> {
+    /// The value (the fallback when `fallback_used`).
+    pub value: T,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Fixes applied to the accepted output.
+    pub fixes: Vec<Fix>,
+    /// Whether the value is the fallback.
+    pub fallback_used: bool,
+    /// Every problem of every attempt (schema warnings of the accepted output included).
+    pub errors: Vec<Problem>,
+}
+
+/// The guard; see the [module docs](self). Cheap to share: the schema is compiled once.
+#[derive(Clone)]
+pub struct JsonHardGuard {
+    config: JsonGuardConfig,
+    #[cfg(feature = "json")]
+    schema: Option<Arc<jsonschema::Validator>>,
+    clock: SharedClock,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for JsonHardGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonHardGuard")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsonHardGuard {
+    /// A guard without a schema; `config` is validated.
+    pub fn new(config: JsonGuardConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            #[cfg(feature = "json")]
+            schema: None,
+            clock: Arc::new(SystemClock),
+            seed: None,
+        })
+    }
+
+    /// Validates every value against `schema` (compiled here, once).
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+    pub fn with_schema(mut self, schema: &Value) -> Result<Self> {
+        let validator = jsonschema::validator_for(schema)
+            .map_err(|e| GuardrailError::config("schema", e.to_string()))?;
+        self.schema = Some(Arc::new(validator));
+        Ok(self)
+    }
+
+    /// Sleeps between transport retries on `clock` (a [`ManualClock`](crate::ManualClock)
+    /// in tests).
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Makes the jitter reproducible.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JsonGuardConfig {
+        &self.config
+    }
+
+    /// One attempt on `text`, as a JSON value.
+    pub fn parse_value(&self, text: &str) -> std::result::Result<Parsed<Value>, Vec<Problem>> {
+        self.attempt_value(text, 1)
+    }
+
+    /// One attempt on `text`, deserialized into `T`. Problems become
+    /// [`GuardrailError::JsonGuard`].
+    pub fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<Parsed<T>> {
+        self.attempt::<T>(text, 1)
+            .map_err(|problems| json_error(1, &problems))
+    }
+
+    fn attempt<T: DeserializeOwned>(
+        &self,
+        text: &str,
+        attempt: u32,
+    ) -> std::result::Result<Parsed<T>, Vec<Problem>> {
+        let parsed = self.attempt_value(text, attempt)?;
+        match serde_json::from_value::<T>(parsed.value) {
+            Ok(value) => Ok(Parsed {
+                value,
+                fixes: parsed.fixes,
+                warnings: parsed.warnings,
+            }),
+            Err(e) => Err(vec![Problem {
+                attempt,
+                kind: ProblemKind::Type,
+                path: None,
+                message: e.to_string(),
+            }]),
+        }
+    }
+
+    fn attempt_value(
+        &self,
+        text: &str,
+        attempt: u32,
+    ) -> std::result::Result<Parsed<Value>, Vec<Problem>> {
+        let problem = |kind, message: String| {
+            vec![Problem {
+                attempt,
+                kind,
+                path: None,
+                message,
+            }]
+        };
+        if text.len() > self.config.max_bytes {
+            return Err(problem(
+                ProblemKind::TooLarge,
+                format!(
+                    "output of {} bytes is over the limit of {}",
+                    text.len(),
+                    self.config.max_bytes
+                ),
+            ));
+        }
+        let candidate = extract::extract(text);
+        if candidate.depth > self.config.max_depth {
+            return Err(problem(
+                ProblemKind::TooDeep,
+                format!("nesting deeper than {}", self.config.max_depth),
+            ));
+        }
+        // Valid JSON is taken as it is: repair never sees it.
+        let strict = serde_json::from_str::<Value>(text.trim())
+            .or_else(|_| serde_json::from_str::<Value>(candidate.text));
+        let (value, fixes) = match strict {
+            Ok(v) => (v, Vec::new()),
+            Err(e) if !(self.config.repair && self.config.enabled) => {
+                return Err(problem(ProblemKind::Parse, format!("malformed JSON: {e}")));
+            }
+            // Prose without a bracket or a quote holds no JSON to repair: a bare word would
+            // otherwise "repair" into a string.
+            Err(_)
+                if !candidate
+                    .text
+                    .starts_with(['{', '[', '"', '\'', '\u{201C}', '\u{2018}']) =>
+            {
+                return Err(problem(
+                    ProblemKind::NoJson,
+                    "no JSON found in the output".into(),
+                ));
+            }
+            Err(_) => {
+                let (repaired, fixes) =
+                    repair::repair(candidate.text, candidate.offset, self.config.max_depth)
+                        .map_err(|e| match e {
+                            repair::RepairError::TooDeep(d) => {
+                                problem(ProblemKind::TooDeep, format!("nesting deeper than {d}"))
+                            }
+                            repair::RepairError::Empty => {
+                                problem(ProblemKind::NoJson, "no JSON found in the output".into())
+                            }
+                        })?;
+                match serde_json::from_str::<Value>(&repaired) {
+                    Ok(v) => (v, fixes),
+                    Err(e) => {
+                        return Err(problem(
+                            ProblemKind::Parse,
+                            format!("malformed JSON, not repairable: {e}"),
+                        ));
+                    }
+                }
+            }
+        };
+        let schema_problems = self.schema_problems(&value, attempt);
+        if !schema_problems.is_empty() && self.config.strict_schema {
+            return Err(schema_problems);
+        }
+        Ok(Parsed {
+            value,
+            fixes,
+            warnings: schema_problems,
+        })
+    }
+
+    #[cfg(feature = "json")]
+    fn schema_problems(&self, value: &Value, attempt: u32) -> Vec<Problem> {
+        match &self.schema {
+            Some(v) => v
+                .iter_errors(value)
+                .map(|e| Problem {
+                    attempt,
+                    kind: ProblemKind::Schema,
+                    path: Some(e.instance_path().to_string()),
+                    message: e.to_string(),
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    #[cfg(not(feature = "json"))]
+    fn schema_problems(&self, _value: &Value, _attempt: u32) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    fn transport_delay(&self, transport_failures: u32, rng: &mut fastrand::Rng) -> Duration {
+        let exp = self
+            .config
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(transport_failures.saturating_sub(1)));
+        let jitter_ns = u64::try_from(self.config.jitter.as_nanos()).unwrap_or(u64::MAX);
+        exp.saturating_add(Duration::from_nanos(rng.u64(0..=jitter_ns)))
+    }
+
+    /// Runs `generator` until its output passes, the attempts run out, and then falls back
+    /// or fails; see the [module docs](self).
+    pub fn run<T, G>(&self, generator: G) -> Result<Outcome<T>>
+    where
+        T: DeserializeOwned,
+        G: FnMut(&Feedback) -> Result<Generation>,
+    {
+        self.run_inner(generator, None::<fn() -> T>)
+    }
+
+    /// [`run`](Self::run) with a fallback for when every attempt fails (used if
+    /// `fallback_enabled`).
+    pub fn run_with_fallback<T, G, F>(&self, generator: G, fallback: F) -> Result<Outcome<T>>
+    where
+        T: DeserializeOwned,
+        G: FnMut(&Feedback) -> Result<Generation>,
+        F: FnOnce() -> T,
+    {
+        self.run_inner(generator, Some(fallback))
+    }
+
+    fn run_inner<T, G, F>(&self, mut generator: G, fallback: Option<F>) -> Result<Outcome<T>>
+    where
+        T: DeserializeOwned,
+        G: FnMut(&Feedback) -> Result<Generation>,
+        F: FnOnce() -> T,
+    {
+        let attempts_allowed = if self.config.enabled {
+            self.config.max_retries.saturating_add(1)
+        } else {
+            1
+        };
+        let mut rng = self
+            .seed
+            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        let mut errors: Vec<Problem> = Vec::new();
+        let mut feedback = Feedback {
+            attempt: 1,
+            ..Feedback::default()
+        };
+        let mut transport_failures = 0u32;
+        for attempt in 1..=attempts_allowed {
+            feedback.attempt = attempt;
+            let generation = match generator(&feedback) {
+                Ok(g) => g,
+                Err(e) => {
+                    transport_failures += 1;
+                    tracing::warn!(attempt, error = %e.report(), "json guard: generator failed");
+                    errors.push(Problem {
+                        attempt,
+                        kind: ProblemKind::Transport,
+                        path: None,
+                        message: e.report().to_string(),
+                    });
+                    if attempt < attempts_allowed {
+                        self.clock
+                            .sleep(self.transport_delay(transport_failures, &mut rng));
+                    }
+                    // The feedback of the last parse failure stands: a transport error is
+                    // not the model's fault and is never put into the prompt.
+                    continue;
+                }
+            };
+            match self.attempt::<T>(&generation.text, attempt) {
+                Ok(parsed) => {
+                    errors.extend(parsed.warnings);
+                    return Ok(Outcome {
+                        value: parsed.value,
+                        attempts: attempt,
+                        fixes: parsed.fixes,
+                        fallback_used: false,
+                        errors,
+                    });
+                }
+                Err(mut problems) => {
+                    if generation.truncated {
+                        problems.insert(
+                            0,
+                            Problem {
+                                attempt,
+                                kind: ProblemKind::Truncated,
+                                path: None,
+                                message: "the output was cut off before the end".into(),
+                            },
+                        );
+                    }
+                    for p in &problems {
+                        tracing::warn!(attempt, kind = ?p.kind, problem = %p, "json guard: attempt failed");
+                    }
+                    feedback.truncated = generation.truncated;
+                    feedback.problems = problems.clone();
+                    errors.extend(problems);
+                }
+            }
+        }
+        match fallback {
+            Some(f) if self.config.fallback_enabled => {
+                tracing::error!(
+                    attempts = attempts_allowed,
+                    problems = errors.len(),
+                    "json guard: every attempt failed, using the fallback"
+                );
+                Ok(Outcome {
+                    value: f(),
+                    attempts: attempts_allowed,
+                    fixes: Vec::new(),
+                    fallback_used: true,
+                    errors,
+                })
+            }
+            _ => {
+                tracing::error!(
+                    attempts = attempts_allowed,
+                    problems = errors.len(),
+                    "json guard: every attempt failed"
+                );
+                Err(json_error(attempts_allowed, &errors))
+            }
+        }
+    }
+}
+
+fn json_error(attempts: u32, problems: &[Problem]) -> GuardrailError {
+    GuardrailError::JsonGuard {
+        attempts,
+        problems: problems
+            .iter()
+            .map(|p| format!("attempt {}: {p}", p.attempt))
+            .collect(),
+    }
+}

@@ -1,0 +1,371 @@
+//! The JSON hard guard: a corpus of malformed LLM outputs, valid JSON untouched, hostile
+//! input, schemas with paths, and the re-ask / backoff / fallback flow on ManualClock.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use guardrails::json_guard::{FixKind, Generation, JsonGuardConfig, JsonHardGuard, ProblemKind};
+use guardrails::prelude::*;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn guard() -> JsonHardGuard {
+    JsonHardGuard::new(JsonGuardConfig::new()).unwrap()
+}
+
+#[test]
+fn corpus_of_malformed_outputs_is_recovered() {
+    let corpus = include_str!("fixtures/json/corpus.jsonl");
+    let g = guard();
+    let mut count = 0;
+    for line in corpus.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let input = case["input"].as_str().unwrap();
+        let category = case["category"].as_str().unwrap();
+        count += 1;
+        if let Some(kind) = case.get("expected_error") {
+            let problems = g.parse_value(input).unwrap_err();
+            assert_eq!(kind, "no_json", "{category}");
+            assert_eq!(
+                problems[0].kind,
+                ProblemKind::NoJson,
+                "{category}: {input:?}"
+            );
+            continue;
+        }
+        let parsed = g
+            .parse_value(input)
+            .unwrap_or_else(|p| panic!("{category}: {input:?} failed: {p:?}"));
+        assert_eq!(parsed.value, case["expected"], "{category}: {input:?}");
+        // These need extraction only; everything else needs a repair, which must be recorded.
+        let extraction_only = [
+            "valid",
+            "fence",
+            "prose",
+            "comment_before",
+            "text_after_value",
+        ];
+        if extraction_only.iter().any(|c| category.starts_with(c)) {
+            assert!(parsed.fixes.is_empty(), "{category}: {:?}", parsed.fixes);
+        } else {
+            assert!(
+                !parsed.fixes.is_empty(),
+                "{category}: repaired without a recorded fix"
+            );
+        }
+    }
+    assert!(count >= 100, "the corpus has {count} cases");
+}
+
+#[test]
+fn fixes_name_what_was_done() {
+    let parsed = guard()
+        .parse_value("{'a': True, b: [1 2,], // note\n \"c\": \"x\ny\"")
+        .unwrap();
+    let kinds: Vec<FixKind> = parsed.fixes.iter().map(|f| f.kind).collect();
+    for k in [
+        FixKind::SingleQuotes,
+        FixKind::Constant,
+        FixKind::UnquotedKey,
+        FixKind::MissingComma,
+        FixKind::TrailingComma,
+        FixKind::Comment,
+        FixKind::ControlCharacter,
+        FixKind::ClosedBracket,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
+    }
+    assert_eq!(parsed.value, json!({"a": true, "b": [1, 2], "c": "x\ny"}));
+    assert!(parsed.fixes[0].to_string().contains("at byte"));
+}
+
+#[test]
+fn strict_mode_refuses_what_repair_would_fix() {
+    let g = JsonHardGuard::new(JsonGuardConfig::new().with_repair(false)).unwrap();
+    let problems = g.parse_value("{'a': 1}").unwrap_err();
+    assert_eq!(problems[0].kind, ProblemKind::Parse);
+    assert_eq!(g.parse_value("{\"a\": 1}").unwrap().value, json!({"a": 1}));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn valid_json_is_returned_unchanged_without_fixes(v in arb_json()) {
+        let text = serde_json::to_string(&v).unwrap();
+        let parsed = guard().parse_value(&text).unwrap();
+        prop_assert_eq!(&parsed.value, &v);
+        prop_assert!(parsed.fixes.is_empty());
+        // Pretty-printed too.
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        let parsed = guard().parse_value(&pretty).unwrap();
+        prop_assert_eq!(parsed.value, v);
+        prop_assert!(parsed.fixes.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(s in ".{0,200}") {
+        let _ = guard().parse_value(&s);
+    }
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        (-1e9f64..1e9).prop_map(|f| json!(f)),
+        ".{0,20}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+#[test]
+fn hostile_inputs_get_errors_in_linear_time() {
+    let g = guard();
+    let start = Instant::now();
+    // 100 000 nested brackets: refused by depth, no stack overflow, valid or not.
+    let deep_valid = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(
+        g.parse_value(&deep_valid).unwrap_err()[0].kind,
+        ProblemKind::TooDeep
+    );
+    let deep_open = "{\"a\":".repeat(100_000);
+    assert_eq!(
+        g.parse_value(&deep_open).unwrap_err()[0].kind,
+        ProblemKind::TooDeep
+    );
+    // A 100 MB string is refused by size before any parsing.
+    let huge = format!("{{\"s\": \"{}\"}}", "x".repeat(100 << 20));
+    assert_eq!(
+        g.parse_value(&huge).unwrap_err()[0].kind,
+        ProblemKind::TooLarge
+    );
+    // With the limit raised, a 20 MB unterminated string is closed in one pass.
+    let big = JsonHardGuard::new(JsonGuardConfig::new().with_max_bytes(64 << 20)).unwrap();
+    let open_string = format!("{{\"s\": \"{}", "y".repeat(20 << 20));
+    let parsed = big.parse_value(&open_string).unwrap();
+    assert_eq!(parsed.value["s"].as_str().unwrap().len(), 20 << 20);
+    // Inputs that make a naive scanner quadratic: many unclosed strings and brackets.
+    let many_quotes = "{\"a\": \"".repeat(20_000);
+    let _ = big.parse_value(&many_quotes);
+    let many_commas = format!("[{}]", ",".repeat(1_000_000));
+    assert_eq!(big.parse_value(&many_commas).unwrap().value, json!([]));
+    // NUL bytes, lone surrogate escapes, invalid UTF-8 turned lossy by the caller.
+    assert!(g.parse_value("{\"a\": \"x\0y\"}").is_ok());
+    let surrogate = g.parse_value(r#"{'s': '\ud800'}"#).unwrap();
+    assert_eq!(surrogate.value["s"], "\u{FFFD}");
+    let lossy = String::from_utf8_lossy(b"{\"a\": \"\xff\xfe\"}").into_owned();
+    assert!(g.parse_value(&lossy).is_ok());
+    // Generous bound for a debug build on a shared machine: quadratic behaviour on these
+    // inputs would take minutes.
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[cfg(feature = "json")]
+#[test]
+fn schema_errors_carry_instance_paths() {
+    let schema = json!({
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {"type": "array", "items": {
+                "type": "object",
+                "required": ["price"],
+                "properties": {"price": {"type": "number", "minimum": 0}}
+            }}
+        }
+    });
+    let g = guard().with_schema(&schema).unwrap();
+    let problems = g
+        .parse_value(r#"{"items": [{"price": 1}, {"price": -2}, {"price": "x"}]}"#)
+        .unwrap_err();
+    let paths: Vec<&str> = problems.iter().filter_map(|p| p.path.as_deref()).collect();
+    assert!(paths.contains(&"/items/1/price"), "{paths:?}");
+    assert!(paths.contains(&"/items/2/price"), "{paths:?}");
+    assert!(problems.iter().all(|p| p.kind == ProblemKind::Schema));
+    assert!(g.parse_value(r#"{"items": []}"#).is_ok());
+
+    let mut lenient = JsonGuardConfig::new();
+    lenient.strict_schema = false;
+    let g = JsonHardGuard::new(lenient)
+        .unwrap()
+        .with_schema(&schema)
+        .unwrap();
+    let parsed = g.parse_value(r#"{"items": [{"price": -1}]}"#).unwrap();
+    assert_eq!(parsed.warnings.len(), 1);
+
+    let err = guard().with_schema(&json!({"type": 12})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[derive(Debug, serde::Deserialize, PartialEq)]
+struct Answer {
+    label: String,
+    score: f64,
+}
+
+#[test]
+fn reask_with_feedback_then_success() {
+    let clock = ManualClock::new();
+    let g = guard().with_clock(clock.clone()).with_seed(1);
+    let feedbacks = RefCell::new(Vec::new());
+    let mut outputs = vec![
+        Ok::<Generation, GuardrailError>("{\"label\": \"spam\"}".into()), // missing score: a type problem
+        Ok("{\"label\": \"spam\", \"score\": 0.9}".into()),
+    ]
+    .into_iter();
+    let outcome = g
+        .run::<Answer, _>(|f| {
+            feedbacks.borrow_mut().push(f.clone());
+            outputs.next().unwrap()
+        })
+        .unwrap();
+    assert_eq!(
+        outcome.value,
+        Answer {
+            label: "spam".into(),
+            score: 0.9
+        }
+    );
+    assert_eq!(outcome.attempts, 2);
+    assert!(!outcome.fallback_used);
+    assert_eq!(outcome.errors.len(), 1);
+    assert_eq!(outcome.errors[0].kind, ProblemKind::Type);
+    let fb = feedbacks.borrow();
+    assert_eq!(fb[0].message(), "", "no feedback before the first attempt");
+    assert!(fb[1].message().contains("score"), "{}", fb[1].message());
+    assert!(clock.sleeps().is_empty(), "re-asks are not delayed");
+}
+
+#[test]
+fn transport_errors_back_off_with_jitter_and_never_reach_the_prompt() {
+    let clock = ManualClock::new();
+    let g = guard().with_clock(clock.clone()).with_seed(7);
+    let feedbacks = RefCell::new(Vec::new());
+    let mut outputs = vec![
+        Err(GuardrailError::external_with_class(
+            std::io::Error::other("connection reset"),
+            ErrorClass::Retryable,
+        )),
+        Ok::<Generation, GuardrailError>("{'label': 'ham', 'score': 0.1".into()),
+    ]
+    .into_iter();
+    let outcome = g
+        .run::<Answer, _>(|f| {
+            feedbacks.borrow_mut().push(f.clone());
+            outputs.next().unwrap()
+        })
+        .unwrap();
+    assert_eq!(outcome.value.label, "ham");
+    assert!(
+        !outcome.fixes.is_empty(),
+        "the accepted output was repaired"
+    );
+    assert_eq!(outcome.errors[0].kind, ProblemKind::Transport);
+    let fb = feedbacks.borrow();
+    assert!(
+        fb[1].problems.is_empty(),
+        "the transport error is not fed back"
+    );
+    assert_eq!(fb[1].message(), "");
+    let sleeps = clock.sleeps();
+    assert_eq!(sleeps.len(), 1);
+    assert!(
+        sleeps[0] >= Duration::from_secs(1) && sleeps[0] <= Duration::from_millis(1500),
+        "{sleeps:?}"
+    );
+}
+
+#[test]
+fn truncated_output_is_reported_as_such() {
+    let g = guard();
+    let feedbacks = RefCell::new(Vec::new());
+    let mut n = 0;
+    let outcome = g
+        .run_with_fallback::<Answer, _, _>(
+            |f| {
+                feedbacks.borrow_mut().push(f.clone());
+                n += 1;
+                Ok(Generation {
+                    text: "{\"label\": \"sp".into(),
+                    truncated: true,
+                })
+            },
+            || Answer {
+                label: "unknown".into(),
+                score: 0.0,
+            },
+        )
+        .unwrap();
+    assert!(outcome.fallback_used);
+    assert_eq!(outcome.value.label, "unknown");
+    assert_eq!(n, 4);
+    let fb = feedbacks.borrow();
+    assert!(fb[1].truncated);
+    assert!(fb[1].message().contains("cut off"));
+    assert!(
+        outcome
+            .errors
+            .iter()
+            .any(|e| e.kind == ProblemKind::Truncated)
+    );
+}
+
+#[test]
+fn without_fallback_every_attempt_is_in_the_error() {
+    let g = JsonHardGuard::new(JsonGuardConfig::new().with_max_retries(2)).unwrap();
+    let err = g
+        .run::<Answer, _>(|_| Ok("I cannot answer that.".into()))
+        .unwrap_err();
+    match &err {
+        GuardrailError::JsonGuard { attempts, problems } => {
+            assert_eq!(*attempts, 3);
+            assert_eq!(problems.len(), 3);
+            assert!(problems[2].starts_with("attempt 3: no JSON found"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.class(), ErrorClass::Validation);
+    // Fallback disabled in config: the error even when a fallback is offered.
+    let g = JsonHardGuard::new(
+        JsonGuardConfig::new()
+            .with_max_retries(0)
+            .with_fallback(false),
+    )
+    .unwrap();
+    assert!(
+        g.run_with_fallback::<Answer, _, _>(
+            |_| Ok("nope".into()),
+            || Answer {
+                label: String::new(),
+                score: 0.0
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn json_guard_section_loads_and_validates() {
+    let cfg: GuardrailsConfig =
+        "[json_guard]\nmax_retries = 5\njitter = \"250ms\"\nmax_depth = 32\n"
+            .parse()
+            .unwrap();
+    assert_eq!(cfg.json_guard.max_retries, 5);
+    assert_eq!(cfg.json_guard.jitter, Duration::from_millis(250));
+    let err = "[json_guard]\nmax_depth = 0\n"
+        .parse::<GuardrailsConfig>()
+        .unwrap_err();
+    assert!(err.to_string().contains("json_guard.max_depth"));
+}
