@@ -266,7 +266,7 @@ pub enum GuardrailError {
     JsonGuard {
         /// Attempts made.
         attempts: u32,
-        /// Every attempt's problems, as "attempt N: <path>: <message>".
+        /// Every attempt's problems, as `attempt N: <path>: <message>`.
         problems: Vec<String>,
     },
 
