@@ -182,3 +182,100 @@ fn health_reports_and_exits_by_fail_on() {
         Some(2)
     );
 }
+
+fn guardrails_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardrails"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn json_prints_the_repaired_value_and_explains_fixes() {
+    let out = guardrails_stdin(
+        &["json", "--explain"],
+        "Here:\n```json\n{'a': True, b: [1 2,]}\n```",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{\"a\":true,\"b\":[1,2]}\n"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("quoted a bare key"), "{stderr}");
+    assert!(stderr.contains("removed a trailing comma"), "{stderr}");
+
+    // Valid JSON comes back as it is, with nothing to explain.
+    let out = guardrails_stdin(&["json", "--explain"], "[1, 2]");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "[1,2]\n");
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn json_exit_codes() {
+    assert_eq!(
+        guardrails_stdin(&["json"], "no json at all").status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        guardrails_stdin(&["json", "--strict"], "{'a': 1}")
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        guardrails_stdin(&["json", "--max-depth", "2"], "[[[1]]]")
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        guardrails_stdin(&["json", "--max-bytes", "4"], "[1, 2, 3]")
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        guardrails_stdin(&["json", "--max-depth", "x"], "[]")
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        guardrails_stdin(&["json", "--schema", "/no/such.json"], "[]")
+            .status
+            .code(),
+        Some(2)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write(
+        dir.path(),
+        "s.json",
+        r#"{"type": "object", "required": ["id"]}"#,
+    );
+    let out = guardrails_stdin(&["json", "--schema", &schema], r#"{"name": "x"}"#);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("id"));
+    let ok = guardrails_stdin(&["json", "--schema", &schema], r#"{"id": 3}"#);
+    assert_eq!(ok.status.code(), Some(0));
+    let bad_schema = write(dir.path(), "bad.json", "{not json");
+    assert_eq!(
+        guardrails_stdin(&["json", "--schema", &bad_schema], "{}")
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod config_cmd;
 mod health_cmd;
+mod json_cmd;
 mod output;
 
 use output::{Format, Output};
@@ -40,6 +41,9 @@ enum Command {
     /// Check memory, CPU, disk, file descriptors and GPUs against limits. Exit 1 when the
     /// status is at or above --fail-on.
     Health(health_cmd::HealthArgs),
+    /// Read an LLM's answer on stdin and print the valid JSON in it (repaired unless
+    /// --strict). Exit 1 when no valid JSON could be produced.
+    Json(json_cmd::JsonArgs),
 }
 
 /// The process exit status of a run.
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
     let status = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &out),
         Command::Health(args) => health_cmd::run(args, &out),
+        Command::Json(args) => json_cmd::run(args, &out),
     };
     ExitCode::from(status as u8)
 }

@@ -52,6 +52,11 @@ impl Output {
         );
     }
 
+    /// A line on stderr.
+    pub fn note(&self, line: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
     /// Plain text on stdout.
     pub fn text(&self, text: &str) {
         let _ = write!(std::io::stdout().lock(), "{text}");

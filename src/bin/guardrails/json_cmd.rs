@@ -1,0 +1,91 @@
+//! `guardrails json`
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Args;
+use guardrails::GuardrailError;
+use guardrails::json_guard::{JsonGuardConfig, JsonHardGuard};
+
+use crate::Status;
+use crate::output::Output;
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// A JSON Schema file the value must match.
+    #[arg(long, value_name = "FILE")]
+    schema: Option<PathBuf>,
+    /// No repair: only valid JSON (after extraction from fences or prose) passes.
+    #[arg(long)]
+    strict: bool,
+    /// Deepest nesting accepted.
+    #[arg(long, value_name = "N", default_value_t = JsonGuardConfig::new().max_depth)]
+    max_depth: usize,
+    /// Largest input accepted, bytes.
+    #[arg(long, value_name = "N", default_value_t = JsonGuardConfig::new().max_bytes)]
+    max_bytes: usize,
+    /// Print each fix applied on stderr.
+    #[arg(long)]
+    explain: bool,
+}
+
+fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
+    let config = JsonGuardConfig::new()
+        .with_repair(!args.strict)
+        .with_max_depth(args.max_depth)
+        .with_max_bytes(args.max_bytes);
+    let guard = JsonHardGuard::new(config)?;
+    match &args.schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| GuardrailError::io(path, e))?;
+            let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                GuardrailError::config("schema", format!("{} is not JSON: {e}", path.display()))
+            })?;
+            guard.with_schema(&schema)
+        }
+        None => Ok(guard),
+    }
+}
+
+pub fn run(args: JsonArgs, out: &Output) -> Status {
+    let guard = match guard(&args) {
+        Ok(g) => g,
+        Err(e) => {
+            out.problem("json", &e);
+            return Status::Usage;
+        }
+    };
+    // One byte over the limit is enough to know the input is too large.
+    let mut input = Vec::new();
+    let limit = u64::try_from(args.max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    if let Err(e) = std::io::stdin().lock().take(limit).read_to_end(&mut input) {
+        out.problem("stdin", &GuardrailError::from(e));
+        return Status::Usage;
+    }
+    let text = String::from_utf8_lossy(&input);
+    match guard.parse_value(&text) {
+        Ok(parsed) => {
+            if args.explain {
+                for fix in &parsed.fixes {
+                    out.note(&fix.to_string());
+                }
+                for w in &parsed.warnings {
+                    out.note(&format!("warning: {w}"));
+                }
+            }
+            out.text(&format!(
+                "{}\n",
+                serde_json::to_string(&parsed.value).unwrap_or_default()
+            ));
+            Status::Ok
+        }
+        Err(problems) => {
+            for p in &problems {
+                out.note(&format!("error: {p}"));
+            }
+            Status::CheckFailed
+        }
+    }
+}
