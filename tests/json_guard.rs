@@ -369,3 +369,42 @@ fn json_guard_section_loads_and_validates() {
         .unwrap_err();
     assert!(err.to_string().contains("json_guard.max_depth"));
 }
+
+#[cfg(feature = "async")]
+#[tokio::test(start_paused = true)]
+async fn async_run_retries_transport_on_tokio_time_and_reasks() {
+    let g = guard().with_seed(3);
+    let start = tokio::time::Instant::now();
+    let mut n = 0;
+    let outcome = g
+        .run_async::<Answer, _, _>(|feedback| {
+            n += 1;
+            let attempt = n;
+            async move {
+                match attempt {
+                    1 => Err(GuardrailError::RateLimited {
+                        name: "llm".into(),
+                        retry_after: Duration::from_secs(1),
+                    }),
+                    2 => Ok(Generation::from("{\"label\": 3}")),
+                    _ => {
+                        assert!(
+                            feedback.message().contains("label"),
+                            "{}",
+                            feedback.message()
+                        );
+                        Ok(Generation::from("{\"label\": \"ok\", \"score\": 1}"))
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((outcome.attempts, outcome.value.label.as_str()), (3, "ok"));
+    // One transport backoff: 1 s plus up to 0.5 s of jitter, on the paused clock.
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1500),
+        "{waited:?}"
+    );
+}

@@ -358,7 +358,7 @@ impl JsonHardGuard {
         attempt: u32,
     ) -> std::result::Result<Parsed<T>, Vec<Problem>> {
         let parsed = self.attempt_value(text, attempt)?;
-        match serde_json::from_value::<T>(parsed.value) {
+        match serde_path_to_error::deserialize::<_, T>(parsed.value) {
             Ok(value) => Ok(Parsed {
                 value,
                 fixes: parsed.fixes,
@@ -367,8 +367,8 @@ impl JsonHardGuard {
             Err(e) => Err(vec![Problem {
                 attempt,
                 kind: ProblemKind::Type,
-                path: None,
-                message: e.to_string(),
+                path: Some(json_pointer(e.path())),
+                message: e.inner().to_string(),
             }]),
         }
     }
@@ -507,105 +507,229 @@ impl JsonHardGuard {
         self.run_inner(generator, Some(fallback))
     }
 
+    fn attempts_allowed(&self) -> u32 {
+        if self.config.enabled {
+            self.config.max_retries.saturating_add(1)
+        } else {
+            1
+        }
+    }
+
     fn run_inner<T, G, F>(&self, mut generator: G, fallback: Option<F>) -> Result<Outcome<T>>
     where
         T: DeserializeOwned,
         G: FnMut(&Feedback) -> Result<Generation>,
         F: FnOnce() -> T,
     {
-        let attempts_allowed = if self.config.enabled {
-            self.config.max_retries.saturating_add(1)
-        } else {
-            1
-        };
-        let mut rng = self
-            .seed
-            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
-        let mut errors: Vec<Problem> = Vec::new();
-        let mut feedback = Feedback {
-            attempt: 1,
-            ..Feedback::default()
-        };
-        let mut transport_failures = 0u32;
-        for attempt in 1..=attempts_allowed {
-            feedback.attempt = attempt;
-            let generation = match generator(&feedback) {
-                Ok(g) => g,
-                Err(e) => {
-                    transport_failures += 1;
-                    tracing::warn!(attempt, error = %e.report(), "json guard: generator failed");
-                    errors.push(Problem {
-                        attempt,
-                        kind: ProblemKind::Transport,
-                        path: None,
-                        message: e.report().to_string(),
-                    });
-                    if attempt < attempts_allowed {
-                        self.clock
-                            .sleep(self.transport_delay(transport_failures, &mut rng));
-                    }
-                    // The feedback of the last parse failure stands: a transport error is
-                    // not the model's fault and is never put into the prompt.
-                    continue;
-                }
+        let mut run = Run::new(self);
+        for attempt in 1..=run.allowed {
+            run.feedback.attempt = attempt;
+            let step = match generator(&run.feedback) {
+                Ok(g) => run.output(attempt, &g),
+                Err(e) => run.transport_failed(attempt, &e),
             };
-            match self.attempt::<T>(&generation.text, attempt) {
-                Ok(parsed) => {
-                    errors.extend(parsed.warnings);
-                    return Ok(Outcome {
-                        value: parsed.value,
-                        attempts: attempt,
-                        fixes: parsed.fixes,
-                        fallback_used: false,
-                        errors,
-                    });
-                }
-                Err(mut problems) => {
-                    if generation.truncated {
-                        problems.insert(
-                            0,
-                            Problem {
-                                attempt,
-                                kind: ProblemKind::Truncated,
-                                path: None,
-                                message: "the output was cut off before the end".into(),
-                            },
-                        );
-                    }
-                    for p in &problems {
-                        tracing::warn!(attempt, kind = ?p.kind, problem = %p, "json guard: attempt failed");
-                    }
-                    feedback.truncated = generation.truncated;
-                    feedback.problems = problems.clone();
-                    errors.extend(problems);
-                }
+            match step {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Wait(delay) => self.clock.sleep(delay),
+                Step::Next => {}
             }
         }
+        run.give_up(fallback)
+    }
+
+    /// Async [`run`](Self::run): `generator` returns a future; transport backoff sleeps on
+    /// tokio's timer.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn run_async<T, G, Fut>(&self, generator: G) -> Result<Outcome<T>>
+    where
+        T: DeserializeOwned,
+        G: FnMut(Feedback) -> Fut,
+        Fut: std::future::Future<Output = Result<Generation>>,
+    {
+        self.run_async_inner(generator, None::<fn() -> T>).await
+    }
+
+    /// Async [`run_with_fallback`](Self::run_with_fallback).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn run_async_with_fallback<T, G, Fut, F>(
+        &self,
+        generator: G,
+        fallback: F,
+    ) -> Result<Outcome<T>>
+    where
+        T: DeserializeOwned,
+        G: FnMut(Feedback) -> Fut,
+        Fut: std::future::Future<Output = Result<Generation>>,
+        F: FnOnce() -> T,
+    {
+        self.run_async_inner(generator, Some(fallback)).await
+    }
+
+    #[cfg(feature = "async")]
+    async fn run_async_inner<T, G, Fut, F>(
+        &self,
+        mut generator: G,
+        fallback: Option<F>,
+    ) -> Result<Outcome<T>>
+    where
+        T: DeserializeOwned,
+        G: FnMut(Feedback) -> Fut,
+        Fut: std::future::Future<Output = Result<Generation>>,
+        F: FnOnce() -> T,
+    {
+        let mut run = Run::new(self);
+        for attempt in 1..=run.allowed {
+            run.feedback.attempt = attempt;
+            let step = match generator(run.feedback.clone()).await {
+                Ok(g) => run.output(attempt, &g),
+                Err(e) => run.transport_failed(attempt, &e),
+            };
+            match step {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Wait(delay) => tokio::time::sleep(delay).await,
+                Step::Next => {}
+            }
+        }
+        run.give_up(fallback)
+    }
+}
+
+/// What a run does after one attempt.
+enum Step<T> {
+    Done(Outcome<T>),
+    Wait(Duration),
+    Next,
+}
+
+/// The bookkeeping of one `run`, shared by the sync and async loops.
+struct Run<'g> {
+    guard: &'g JsonHardGuard,
+    allowed: u32,
+    errors: Vec<Problem>,
+    feedback: Feedback,
+    transport_failures: u32,
+    rng: fastrand::Rng,
+}
+
+impl<'g> Run<'g> {
+    fn new(guard: &'g JsonHardGuard) -> Self {
+        Self {
+            guard,
+            allowed: guard.attempts_allowed(),
+            errors: Vec::new(),
+            feedback: Feedback {
+                attempt: 1,
+                ..Feedback::default()
+            },
+            transport_failures: 0,
+            rng: guard
+                .seed
+                .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
+        }
+    }
+
+    fn transport_failed<T>(&mut self, attempt: u32, e: &GuardrailError) -> Step<T> {
+        self.transport_failures += 1;
+        tracing::warn!(attempt, error = %e.report(), "json guard: generator failed");
+        self.errors.push(Problem {
+            attempt,
+            kind: ProblemKind::Transport,
+            path: None,
+            message: e.report().to_string(),
+        });
+        // The feedback of the last parse failure stands: a transport error is not the
+        // model's fault and is never put into the prompt.
+        if attempt < self.allowed {
+            Step::Wait(
+                self.guard
+                    .transport_delay(self.transport_failures, &mut self.rng),
+            )
+        } else {
+            Step::Next
+        }
+    }
+
+    fn output<T: DeserializeOwned>(&mut self, attempt: u32, generation: &Generation) -> Step<T> {
+        match self.guard.attempt::<T>(&generation.text, attempt) {
+            Ok(parsed) => {
+                self.errors.extend(parsed.warnings);
+                Step::Done(Outcome {
+                    value: parsed.value,
+                    attempts: attempt,
+                    fixes: parsed.fixes,
+                    fallback_used: false,
+                    errors: std::mem::take(&mut self.errors),
+                })
+            }
+            Err(mut problems) => {
+                if generation.truncated {
+                    problems.insert(
+                        0,
+                        Problem {
+                            attempt,
+                            kind: ProblemKind::Truncated,
+                            path: None,
+                            message: "the output was cut off before the end".into(),
+                        },
+                    );
+                }
+                for p in &problems {
+                    tracing::warn!(attempt, kind = ?p.kind, problem = %p, "json guard: attempt failed");
+                }
+                self.feedback.truncated = generation.truncated;
+                self.feedback.problems = problems.clone();
+                self.errors.extend(problems);
+                Step::Next
+            }
+        }
+    }
+
+    fn give_up<T, F: FnOnce() -> T>(self, fallback: Option<F>) -> Result<Outcome<T>> {
         match fallback {
-            Some(f) if self.config.fallback_enabled => {
+            Some(f) if self.guard.config.fallback_enabled => {
                 tracing::error!(
-                    attempts = attempts_allowed,
-                    problems = errors.len(),
+                    attempts = self.allowed,
+                    problems = self.errors.len(),
                     "json guard: every attempt failed, using the fallback"
                 );
                 Ok(Outcome {
                     value: f(),
-                    attempts: attempts_allowed,
+                    attempts: self.allowed,
                     fixes: Vec::new(),
                     fallback_used: true,
-                    errors,
+                    errors: self.errors,
                 })
             }
             _ => {
                 tracing::error!(
-                    attempts = attempts_allowed,
-                    problems = errors.len(),
+                    attempts = self.allowed,
+                    problems = self.errors.len(),
                     "json guard: every attempt failed"
                 );
-                Err(json_error(attempts_allowed, &errors))
+                Err(json_error(self.allowed, &self.errors))
             }
         }
     }
+}
+
+/// A serde path (`items[2].price`) as a JSON pointer (`/items/2/price`), the form schema
+/// errors use.
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        out.push('/');
+        match segment {
+            Segment::Seq { index } => out.push_str(&index.to_string()),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                out.push_str(&key.replace('~', "~0").replace('/', "~1"))
+            }
+            Segment::Unknown => out.push('?'),
+        }
+    }
+    out
 }
 
 fn json_error(attempts: u32, problems: &[Problem]) -> GuardrailError {
