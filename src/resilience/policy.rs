@@ -34,7 +34,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::breaker::CircuitBreaker;
+use super::breaker::{BreakerPermit, CircuitBreaker};
 use super::bulkhead::Bulkhead;
 use super::rate_limit::RateLimiter;
 use super::retry::RetryPolicy;
@@ -206,11 +206,10 @@ impl GuardPolicy {
         }
     }
 
-    fn attempt<T, F>(&self, f: &Arc<F>) -> Result<T>
-    where
-        F: Fn() -> Result<T> + Send + Sync + 'static,
-        T: Send + 'static,
-    {
+    /// The steps before the call, shared by both flavours: preflight, breaker, rate limiter.
+    /// A refusal after the breaker's permit drops the unrecorded permit, which gives a
+    /// half-open trial back.
+    fn admit(&self) -> Result<Option<BreakerPermit<'_>>> {
         if let Some(check) = &self.preflight {
             check()?;
             self.emit(GuardEvent::PreflightPassed);
@@ -224,10 +223,18 @@ impl GuardPolicy {
             None => None,
         };
         if let Some(limiter) = &self.rate_limiter {
-            // Dropping the unrecorded permit here gives a half-open trial back.
             limiter.check()?;
             self.emit(GuardEvent::RateAllowed);
         }
+        Ok(permit)
+    }
+
+    fn attempt<T, F>(&self, f: &Arc<F>) -> Result<T>
+    where
+        F: Fn() -> Result<T> + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let permit = self.admit()?;
         let result = match self.timeout {
             Some(limit) => {
                 self.emit(GuardEvent::TimeoutStarted);
@@ -240,12 +247,7 @@ impl GuardPolicy {
             }
             None => in_bulkhead(self.bulkhead.as_deref(), self.listener.as_deref(), &**f),
         };
-        if let Some(p) = permit {
-            match &result {
-                Ok(_) => p.record_success(),
-                Err(e) => p.record_error(e),
-            }
-        }
+        record(permit, &result);
         result
     }
 }
@@ -292,22 +294,7 @@ impl GuardPolicy {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        if let Some(check) = &self.preflight {
-            check()?;
-            self.emit(GuardEvent::PreflightPassed);
-        }
-        let permit = match &self.breaker {
-            Some(b) => {
-                let p = b.try_acquire()?;
-                self.emit(GuardEvent::BreakerPermitted);
-                Some(p)
-            }
-            None => None,
-        };
-        if let Some(limiter) = &self.rate_limiter {
-            limiter.check()?;
-            self.emit(GuardEvent::RateAllowed);
-        }
+        let permit = self.admit()?;
         let guarded = async {
             match &self.bulkhead {
                 Some(b) => {
@@ -325,12 +312,7 @@ impl GuardPolicy {
             }
             None => guarded.await,
         };
-        if let Some(p) = permit {
-            match &result {
-                Ok(_) => p.record_success(),
-                Err(e) => p.record_error(e),
-            }
-        }
+        record(permit, &result);
         result
     }
 }
@@ -344,6 +326,16 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     policy.call_async(f).await
+}
+
+/// Records an attempt's outcome with the breaker that permitted it.
+fn record<T>(permit: Option<BreakerPermit<'_>>, result: &Result<T>) {
+    if let Some(p) = permit {
+        match result {
+            Ok(_) => p.record_success(),
+            Err(e) => p.record_error(e),
+        }
+    }
 }
 
 fn in_bulkhead<T>(
