@@ -364,14 +364,7 @@ impl RetryPolicy {
             Some(c) => &**c,
             None => &crate::clock::TokioClock,
         };
-        let schedule = Schedule {
-            config: &self.config,
-            clock,
-            start: self.config.total_budget.map(|_| clock.now()),
-            retry: 0,
-            seed: self.seed,
-            rng: None,
-        };
+        let schedule = self.schedule(clock);
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let outcome = (|| {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -400,16 +393,7 @@ impl RetryPolicy {
             Some(c) => &**c,
             None => &SystemClock,
         };
-        let schedule = Schedule {
-            config: &self.config,
-            clock,
-            // Read the clock only when a budget needs it: it is most of the cost of a call
-            // that succeeds at once.
-            start: self.config.total_budget.map(|_| clock.now()),
-            retry: 0,
-            seed: self.seed,
-            rng: None,
-        };
+        let schedule = self.schedule(clock);
         let attempts = std::cell::Cell::new(0u32);
         let outcome = (|| {
             attempts.set(attempts.get().saturating_add(1));
@@ -427,6 +411,19 @@ impl RetryPolicy {
         })
         .call();
         self.finish(outcome, attempts.get())
+    }
+
+    fn schedule<'a>(&'a self, clock: &'a dyn Clock) -> Schedule<'a> {
+        Schedule {
+            config: &self.config,
+            clock,
+            // Read the clock only when a budget needs it: it is most of the cost of a call
+            // that succeeds at once.
+            start: self.config.total_budget.map(|_| clock.now()),
+            retry: 0,
+            seed: self.seed,
+            rng: None,
+        }
     }
 
     fn failure_retryable<T>(&self, failure: &Failure<T>) -> bool {
