@@ -413,6 +413,7 @@ impl RetryPolicy {
         self.finish(outcome, attempts.get())
     }
 
+    #[inline]
     fn schedule<'a>(&'a self, clock: &'a dyn Clock) -> Schedule<'a> {
         Schedule {
             config: &self.config,
