@@ -75,10 +75,10 @@ fn free_disk_agrees_with_df() {
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
-    // The filesystem is shared with everything else on the machine: allow 1 MiB of drift
+    // The filesystem is shared with everything else on the machine: allow 8 MiB of drift
     // between the two reads.
     assert!(
-        ours.0.abs_diff(nums[0]) <= 1 << 20,
+        ours.0.abs_diff(nums[0]) <= 8 << 20,
         "free {} vs df {}",
         ours.0,
         nums[0]
