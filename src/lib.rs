@@ -67,6 +67,9 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;
+#[cfg(feature = "data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data")))]
+pub mod integrity;
 pub mod json_guard;
 pub mod resilience;
 pub mod resource;
