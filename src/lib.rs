@@ -40,10 +40,10 @@
 //!
 //! | feature | turns on |
 //! |---|---|
-//! | *(none)* | errors, clock, config, retry configuration |
-//! | `data` | data integrity checks for Parquet, Arrow IPC, CSV, NPY and video files |
+//! | *(none)* | errors, clock, config, resources and health, timeouts, retry, circuit breaker, bulkhead, rate limiter, cache, JSON guard (without schemas) |
+//! | `data` | data integrity checks (NPY feature files so far; Parquet, Arrow IPC, CSV and video next) |
 //! | `gpu` | NVIDIA GPU memory through NVML |
-//! | `json` | JSON Schema validation for the LLM JSON guard |
+//! | `json` | JSON Schema validation in the LLM JSON guard |
 //! | `async` | tokio variants of the blocking APIs |
 //! | `redis` | shared guard state in Redis |
 //! | `cli` | the `guardrails` command-line tool |
