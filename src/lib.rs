@@ -51,12 +51,14 @@
 //! | `metrics` | metrics export |
 //! | `full` | all of the above |
 //!
-//! Features whose part has not landed yet are accepted and turn on nothing.
+//! `redis` and `metrics` are accepted and turn on nothing yet: their parts have not landed.
 //!
 //! # Layers
 //!
-//! [`error`], [`clock`] and [`config`] are the foundation; the guards in [`resilience`] build
-//! on them and never on each other. See `DESIGN.md` in the repository for the map.
+//! [`error`], [`clock`] and [`config`] are the foundation; the primitives ([`resource`],
+//! [`resilience`]'s guards, [`cache`], [`json_guard`], `integrity`) build on them and never on
+//! each other; [`resilience::policy`] and [`health`] compose them. See `DESIGN.md` in the
+//! repository for the map.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
