@@ -25,9 +25,8 @@ fn big_npy() -> PathBuf {
     if std::fs::metadata(&path).is_ok_and(|m| m.len() > data_bytes) {
         return path;
     }
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({ROWS}, {COLS}), }}"
-    );
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({ROWS}, {COLS}), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -36,7 +35,9 @@ fn big_npy() -> PathBuf {
     f.write_all(b"\x93NUMPY\x01\x00").unwrap();
     f.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
     f.write_all(header.as_bytes()).unwrap();
-    let row: Vec<u8> = (0..COLS).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let row: Vec<u8> = (0..COLS)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
     for _ in 0..ROWS {
         f.write_all(&row).unwrap();
     }
@@ -50,7 +51,8 @@ fn npy_finite(c: &mut Criterion) {
     let check = FeatureCheck::new().with_dtypes(["float32"]);
     assert!(checker.validate_feature_file(&path, &check).unwrap().ok);
     let mut g = c.benchmark_group("npy_finite_scan_1gib_float32");
-    g.sample_size(10).throughput(Throughput::Bytes(ROWS * COLS * 4));
+    g.sample_size(10)
+        .throughput(Throughput::Bytes(ROWS * COLS * 4));
     g.bench_function("guardrails", |b| {
         b.iter(|| black_box(checker.validate_feature_file(&path, &check).unwrap().ok))
     });
