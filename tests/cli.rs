@@ -288,3 +288,60 @@ fn json_exit_codes() {
         Some(2)
     );
 }
+
+#[test]
+fn validate_features_reports_every_file_and_exits_by_result() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/npy/");
+    let good = format!("{fixtures}f32_2d.npy");
+    let nan = format!("{fixtures}f64_nan_inf.npy");
+    let out = guardrails(&["-q", "validate", "features", &good]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // Without --finite the NaN file passes; with it, it fails.
+    assert_eq!(
+        guardrails(&["-q", "validate", "features", &nan])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = guardrails(&[
+        "-q", "--format", "json", "validate", "features", "--finite", &good, &nan,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "one report per file");
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[1]["ok"], false);
+    assert_eq!(v[1]["findings"][0]["check"], "finite");
+
+    let out = guardrails(&[
+        "-q",
+        "validate",
+        "features",
+        "--dtype",
+        "int64",
+        "--min-rows",
+        "1000",
+        &good,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("error dtype") && text.contains("error min_rows"),
+        "{text}"
+    );
+
+    assert_eq!(guardrails(&["validate", "features"]).status.code(), Some(2));
+    assert_eq!(
+        guardrails(&["validate", "features", "--min-rows", "x", &good])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        guardrails(&["-q", "validate", "features", "/no/such.npy"])
+            .status
+            .code(),
+        Some(1)
+    );
+}
