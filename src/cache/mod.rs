@@ -531,14 +531,7 @@ where
         let mut weight = 0u64;
         for s in self.inner.shards.iter() {
             let shard = lock(&s.0);
-            let st = shard.stats;
-            total.hits += st.hits;
-            total.misses += st.misses;
-            total.inserts += st.inserts;
-            total.evicted_size += st.evicted_size;
-            total.expired += st.expired;
-            total.removed += st.removed;
-            total.replaced += st.replaced;
+            total += shard.stats;
             size += shard.len();
             weight += shard.weight();
         }
@@ -570,29 +563,23 @@ where
     where
         F: FnOnce() -> Result<V>,
     {
-        let mut loader = Some(loader);
-        loop {
+        let slot = loop {
             if let Some(v) = self.get(&key) {
                 return Ok(v);
             }
             match self.inner.join_or_lead(&key) {
-                load::Role::Wait(slot) => match slot.wait() {
-                    Some(result) => return result,
+                load::Role::Wait(slot) => {
+                    if let Some(result) = slot.wait() {
+                        return result;
+                    }
                     // The leader panicked: try again, perhaps as the new leader.
-                    None => continue,
-                },
-                load::Role::Lead(slot) => {
-                    let Some(loader) = loader.take() else {
-                        return Err(GuardrailError::Cancelled {
-                            operation: "cache load".into(),
-                        });
-                    };
-                    let lead = load::Leader::new(&*self.inner, key, slot);
-                    let result = loader();
-                    return lead.finish(result);
                 }
+                load::Role::Lead(slot) => break slot,
             }
-        }
+        };
+        let lead = load::Leader::new(&*self.inner, key, slot);
+        let result = loader();
+        lead.finish(result)
     }
 
     /// Async [`get_or_insert_with`](Self::get_or_insert_with): concurrent misses on one key
@@ -605,28 +592,22 @@ where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V>>,
     {
-        let mut loader = Some(loader);
-        loop {
+        let slot = loop {
             if let Some(v) = self.get(&key) {
                 return Ok(v);
             }
             match self.inner.join_or_lead(&key) {
-                load::Role::Wait(slot) => match slot.wait_async().await {
-                    Some(result) => return result,
-                    None => continue,
-                },
-                load::Role::Lead(slot) => {
-                    let Some(loader) = loader.take() else {
-                        return Err(GuardrailError::Cancelled {
-                            operation: "cache load".into(),
-                        });
-                    };
-                    let lead = load::Leader::new(&*self.inner, key, slot);
-                    let result = loader().await;
-                    return lead.finish(result);
+                load::Role::Wait(slot) => {
+                    if let Some(result) = slot.wait_async().await {
+                        return result;
+                    }
                 }
+                load::Role::Lead(slot) => break slot,
             }
-        }
+        };
+        let lead = load::Leader::new(&*self.inner, key, slot);
+        let result = loader().await;
+        lead.finish(result)
     }
 }
 

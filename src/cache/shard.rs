@@ -44,6 +44,18 @@ pub(crate) struct ShardStats {
     pub replaced: u64,
 }
 
+impl std::ops::AddAssign for ShardStats {
+    fn add_assign(&mut self, other: Self) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.inserts += other.inserts;
+        self.evicted_size += other.evicted_size;
+        self.expired += other.expired;
+        self.removed += other.removed;
+        self.replaced += other.replaced;
+    }
+}
+
 /// Reads the clock at most once per operation, and only when a deadline needs it.
 pub(crate) struct LazyNow<'a> {
     read: &'a dyn Fn() -> u64,

@@ -404,8 +404,15 @@ impl JsonHardGuard {
             ));
         }
         // Valid JSON is taken as it is: repair never sees it.
-        let strict = serde_json::from_str::<Value>(text.trim())
-            .or_else(|_| serde_json::from_str::<Value>(candidate.text));
+        let whole = text.trim();
+        let strict = serde_json::from_str::<Value>(whole).or_else(|e| {
+            // Parse the extracted candidate only when extraction found something smaller.
+            if candidate.text.len() == whole.len() {
+                Err(e)
+            } else {
+                serde_json::from_str::<Value>(candidate.text)
+            }
+        });
         let (value, fixes) = match strict {
             Ok(v) => (v, Vec::new()),
             Err(e) if !(self.config.repair && self.config.enabled) => {
