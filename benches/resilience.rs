@@ -68,7 +68,7 @@ fn breaker(c: &mut Criterion) {
     g.bench_function("guardrails", |b| {
         b.iter(|| {
             n += 1;
-            let fail = n % 100 == 0;
+            let fail = n.is_multiple_of(100);
             black_box(ours.call(|| {
                 if fail {
                     Err(GuardrailError::external_with_class(
@@ -84,14 +84,14 @@ fn breaker(c: &mut Criterion) {
     g.bench_function("failsafe", |b| {
         b.iter(|| {
             n += 1;
-            let fail = n % 100 == 0;
+            let fail = n.is_multiple_of(100);
             black_box(fs.call(|| if fail { Err(()) } else { Ok(black_box(1u64)) }))
         })
     });
     g.bench_function("recloser", |b| {
         b.iter(|| {
             n += 1;
-            let fail = n % 100 == 0;
+            let fail = n.is_multiple_of(100);
             black_box(rc.call(|| if fail { Err(()) } else { Ok(black_box(1u64)) }))
         })
     });

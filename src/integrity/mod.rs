@@ -1,33 +1,50 @@
 //! `DataIntegrityChecker`: catches damaged data files before a pipeline spends hours on
 //! them, with a report that names the file, the check, what was expected and what was found.
 //!
-//! This first part checks feature files in NPY format (versions 1–3); metadata tables
-//! (Parquet, Arrow IPC, CSV) and videos come next. Every check of a file runs to the end
-//! and reports every finding, not only the first.
+//! It reads metadata tables (Parquet, Arrow IPC file and stream, CSV) against a
+//! [`TableCheck`], feature files (NPY versions 1–3) against a [`FeatureCheck`], and checks
+//! that the files a table names exist and that its ids appear in another table
+//! ([`ConsistencyCheck`]). Every check of a file runs to the end and reports every
+//! finding, not only the first. The format comes from the file's first bytes; an
+//! extension that says otherwise is a warning.
 //!
 //! ```no_run
-//! use guardrails::integrity::{DataIntegrityChecker, FeatureCheck};
+//! use guardrails::integrity::{DataIntegrityChecker, FeatureCheck, TableCheck};
 //!
 //! let checker = DataIntegrityChecker::new();
 //! let check = FeatureCheck::new().with_dtypes(["float32"]).with_rank(2).with_min_rows(1000);
 //! let report = checker.validate_feature_file("embeddings.npy", &check)?;
 //! println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
 //! report.into_result()?; // the first error as GuardrailError::DataIntegrity
+//!
+//! let table = TableCheck::new()
+//!     .with_required_columns(["id", "path"])
+//!     .with_not_null(["id", "path"])
+//!     .with_unique(["id"])
+//!     .with_paths_exist("path");
+//! let (report, batches) = checker.load_metadata_file("metadata.parquet", &table)?;
+//! report.into_result()?;
+//! let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+//! # let _ = rows;
 //! # Ok::<(), guardrails::GuardrailError>(())
 //! ```
 
 mod npy;
+mod refs;
+mod table;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{GuardrailError, Result};
 
 pub use npy::FeatureCheck;
+pub use table::{AllowedValues, BatchCheckFn, TableCheck};
 
 /// A file format, as its first bytes tell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -40,6 +57,10 @@ pub enum Format {
     Parquet,
     /// Arrow IPC file (Feather v2).
     ArrowIpc,
+    /// Arrow IPC stream.
+    ArrowStream,
+    /// Comma- or tab-separated text (found by sniffing, since CSV has no magic bytes).
+    Csv,
     /// ZIP (also `.npz`).
     Zip,
     /// MP4 / MOV (ISO base media).
@@ -61,6 +82,8 @@ impl Format {
             Self::Parquet
         } else if head.starts_with(b"ARROW1") {
             Self::ArrowIpc
+        } else if head.starts_with(&[0xFF, 0xFF, 0xFF, 0xFF]) {
+            Self::ArrowStream
         } else if head.starts_with(b"PK\x03\x04") {
             Self::Zip
         } else if head
@@ -72,6 +95,8 @@ impl Format {
             Self::Matroska
         } else if head.starts_with(b"RIFF") && head.get(8..12) == Some(b"AVI ") {
             Self::Avi
+        } else if table::looks_like_csv(head) {
+            Self::Csv
         } else {
             Self::Unknown
         }
@@ -84,6 +109,8 @@ impl Format {
             "npy" => Self::Npy,
             "parquet" | "pq" => Self::Parquet,
             "arrow" | "feather" | "ipc" => Self::ArrowIpc,
+            "arrows" => Self::ArrowStream,
+            "csv" | "tsv" => Self::Csv,
             "npz" | "zip" => Self::Zip,
             "mp4" | "mov" | "m4v" => Self::Mp4,
             "mkv" | "webm" => Self::Matroska,
@@ -228,20 +255,8 @@ impl DataIntegrityChecker {
             .metadata()
             .map_err(|e| GuardrailError::io(path, e))?
             .len();
-        let mut head = [0u8; 16];
-        let n = read_up_to(&mut file, &mut head).map_err(|e| GuardrailError::io(path, e))?;
-        let format = Format::detect(&head[..n]);
-        let mut report = Report::new(path, format, "feature");
-        report.info("file_bytes", len);
-        if let Some(by_name) = Format::from_extension(path)
-            && by_name != format
-        {
-            report.warning(
-                "format",
-                format!("the extension says {by_name:?} but the content is {format:?}"),
-            );
-        }
-        match format {
+        let mut report = open_report(path, &mut file, len, "feature")?;
+        match report.format {
             Format::Npy => npy::check(path, len, check, &mut report)?,
             other => report.error(
                 "format",
@@ -252,6 +267,272 @@ impl DataIntegrityChecker {
         }
         Ok(report)
     }
+}
+
+impl DataIntegrityChecker {
+    /// Checks a metadata table (Parquet, Arrow IPC file or stream, CSV). A file that cannot
+    /// be opened is an error; everything wrong inside it is a finding in the report.
+    pub fn validate_metadata_file(
+        &self,
+        path: impl AsRef<Path>,
+        check: &TableCheck,
+    ) -> Result<Report> {
+        self.table(path.as_ref(), check, false)
+            .map(|(report, _)| report)
+    }
+
+    /// Like [`validate_metadata_file`](Self::validate_metadata_file), and hands back the
+    /// record batches it read, so the caller does not read the file twice. The whole table
+    /// is then held in memory (quick mode is off for this call). The batches are empty when
+    /// the file could not be read.
+    pub fn load_metadata_file(
+        &self,
+        path: impl AsRef<Path>,
+        check: &TableCheck,
+    ) -> Result<(Report, Vec<RecordBatch>)> {
+        self.table(path.as_ref(), check, true)
+            .map(|(report, batches)| (report, batches.unwrap_or_default()))
+    }
+
+    fn table(
+        &self,
+        path: &Path,
+        check: &TableCheck,
+        keep: bool,
+    ) -> Result<(Report, Option<Vec<RecordBatch>>)> {
+        let mut file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| GuardrailError::io(path, e))?
+            .len();
+        let mut report = open_report(path, &mut file, len, "table")?;
+        drop(file);
+        let batches = table::check_table(path, report.format, check, keep, &mut report)?;
+        Ok((report, batches))
+    }
+
+    /// Checks that a table agrees with the files and tables around it: the paths in its
+    /// path columns exist, and its id columns only hold ids found in reference tables.
+    pub fn validate_data_consistency(
+        &self,
+        path: impl AsRef<Path>,
+        check: &ConsistencyCheck,
+    ) -> Result<Report> {
+        let path = path.as_ref();
+        let mut table = TableCheck::new()
+            .with_allow_empty(true)
+            .with_max_examples(check.max_examples)
+            .with_required_columns(check.id_subsets.iter().map(|s| s.column.clone()));
+        for column in &check.path_columns {
+            table = table
+                .with_paths_exist(column.clone())
+                .with_required_columns([column.clone()]);
+        }
+        if let Some(root) = &check.root {
+            table = table.with_root(root.clone());
+        }
+        let (mut report, batches) = self.load_metadata_file(path, &table)?;
+        report.kind = "consistency";
+        for subset in &check.id_subsets {
+            let (ref_report, ref_batches) = self.load_metadata_file(
+                &subset.reference,
+                &TableCheck::new()
+                    .with_allow_empty(true)
+                    .with_required_columns([subset.reference_column.clone()]),
+            )?;
+            if !ref_report.ok {
+                report.error(
+                    "id_subset",
+                    format!(
+                        "the reference table {} cannot be used: {}",
+                        subset.reference.display(),
+                        ref_report
+                            .findings
+                            .first()
+                            .map_or("", |f| f.message.as_str())
+                    ),
+                    Some("a readable reference table".into()),
+                    None,
+                );
+                continue;
+            }
+            let known: std::collections::HashSet<String> =
+                column_strings(&ref_batches, &subset.reference_column)
+                    .into_iter()
+                    .collect();
+            let ids = column_strings(&batches, &subset.column);
+            let unknown: Vec<&String> = ids.iter().filter(|id| !known.contains(*id)).collect();
+            report.info(&format!("ids_checked.{}", subset.column), ids.len());
+            if !unknown.is_empty() {
+                let first: Vec<&str> = unknown
+                    .iter()
+                    .take(check.max_examples)
+                    .map(|s| s.as_str())
+                    .collect();
+                report.error(
+                    "id_subset",
+                    format!(
+                        "{} id(s) in column {} are not in {} column {}; first: {}",
+                        unknown.len(),
+                        subset.column,
+                        subset.reference.display(),
+                        subset.reference_column,
+                        first.join(", ")
+                    ),
+                    Some(format!("every id in {}", subset.reference.display())),
+                    Some(format!("{} unknown ids", unknown.len())),
+                );
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The non-null values of a column as text (ints and strings compare by their text).
+fn column_strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    let mut out = Vec::new();
+    for batch in batches {
+        if let Some(array) = batch.column_by_name(column)
+            && let Ok(strings) = arrow_cast::cast(array, &arrow_schema::DataType::Utf8)
+        {
+            out.extend(
+                strings
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
+
+/// What [`DataIntegrityChecker::validate_data_consistency`] checks.
+///
+/// ```
+/// use guardrails::integrity::ConsistencyCheck;
+///
+/// let check = ConsistencyCheck::new()
+///     .with_paths_exist("video_path")
+///     .with_paths_exist("feature_path")
+///     .with_root("/data")
+///     .with_ids_subset_of("clip_id", "clips.parquet", "id");
+/// assert_eq!(check.path_columns().len(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConsistencyCheck {
+    path_columns: Vec<String>,
+    root: Option<PathBuf>,
+    id_subsets: Vec<IdSubset>,
+    max_examples: usize,
+}
+
+#[derive(Debug, Clone)]
+struct IdSubset {
+    column: String,
+    reference: PathBuf,
+    reference_column: String,
+}
+
+impl Default for ConsistencyCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConsistencyCheck {
+    /// Nothing to check yet.
+    pub fn new() -> Self {
+        Self {
+            path_columns: Vec::new(),
+            root: None,
+            id_subsets: Vec::new(),
+            max_examples: 10,
+        }
+    }
+
+    /// A column of paths that must exist (checked with parallel `stat` calls).
+    pub fn with_paths_exist(mut self, column: impl Into<String>) -> Self {
+        self.path_columns.push(column.into());
+        self
+    }
+
+    /// The folder relative paths are resolved against (default: the table's folder).
+    pub fn with_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// Every value of `column` must appear in `reference_column` of the table at `reference`.
+    pub fn with_ids_subset_of(
+        mut self,
+        column: impl Into<String>,
+        reference: impl Into<PathBuf>,
+        reference_column: impl Into<String>,
+    ) -> Self {
+        self.id_subsets.push(IdSubset {
+            column: column.into(),
+            reference: reference.into(),
+            reference_column: reference_column.into(),
+        });
+        self
+    }
+
+    /// How many missing paths or unknown ids a finding lists (default 10).
+    pub fn with_max_examples(mut self, n: usize) -> Self {
+        self.max_examples = n;
+        self
+    }
+
+    /// The path columns to check.
+    pub fn path_columns(&self) -> &[String] {
+        &self.path_columns
+    }
+}
+
+/// Detects the format from the first 4 KiB and starts the report.
+fn open_report(
+    path: &Path,
+    file: &mut std::fs::File,
+    len: u64,
+    kind: &'static str,
+) -> Result<Report> {
+    let mut head = [0u8; 4096];
+    let n = read_up_to(file, &mut head).map_err(|e| GuardrailError::io(path, e))?;
+    let format = Format::detect(&head[..n]);
+    let mut report = Report::new(path, format, kind);
+    report.info("file_bytes", len);
+    if let Some(by_name) = Format::from_extension(path)
+        && by_name != format
+    {
+        report.warning(
+            "format",
+            format!("the extension says {by_name:?} but the content is {format:?}"),
+        );
+    }
+    Ok(report)
+}
+
+/// Runs a third-party parser so that a panic on hostile bytes becomes a finding, not a
+/// crash of the caller's pipeline.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        format!("the reader panicked: {what}")
+    })
+}
+
+/// [`catch_panic`] around a fallible read: a read error or a panic both come back as text
+/// for a finding.
+pub(crate) fn catch_read<T, E: std::fmt::Display>(
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, String> {
+    catch_panic(f).and_then(|r| r.map_err(|e| e.to_string()))
 }
 
 /// Reads until `buf` is full or the file ends; returns how much was read.

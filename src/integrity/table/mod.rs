@@ -1,0 +1,821 @@
+//! Metadata tables: what a [`TableCheck`] asks of a table and the scan that answers it over
+//! Arrow record batches, whatever the file format (Parquet, Arrow IPC, CSV).
+
+mod csv;
+mod ipc;
+mod parquet;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Schema};
+use hashbrown::HashSet;
+
+use super::{Format, Report, refs};
+use crate::error::Result;
+
+pub(crate) use self::csv::looks_like_csv;
+
+/// A check over each record batch that the built-in checks do not cover. `Err(message)`
+/// fails the table; the message names what was wrong.
+pub type BatchCheckFn = dyn Fn(&RecordBatch) -> std::result::Result<(), String> + Send + Sync;
+
+/// The values a column may hold.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AllowedValues {
+    /// One of these, compared as the value's text (`"cat"`, `"3"`, `"true"`).
+    OneOf(BTreeSet<String>),
+    /// A number within `min..=max` (either bound may be open). NaN is outside every range.
+    Range {
+        /// Smallest allowed value.
+        min: Option<f64>,
+        /// Largest allowed value.
+        max: Option<f64>,
+    },
+}
+
+impl AllowedValues {
+    /// A set of allowed values.
+    pub fn one_of<I, S>(values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::OneOf(values.into_iter().map(Into::into).collect())
+    }
+
+    /// A closed numeric range.
+    pub fn range(min: f64, max: f64) -> Self {
+        Self::Range {
+            min: Some(min),
+            max: Some(max),
+        }
+    }
+}
+
+impl fmt::Display for AllowedValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OneOf(set) => {
+                let items: Vec<&str> = set.iter().map(String::as_str).collect();
+                write!(f, "one of [{}]", items.join(", "))
+            }
+            Self::Range { min, max } => {
+                let lo = min.map_or("-inf".to_string(), |v| v.to_string());
+                let hi = max.map_or("+inf".to_string(), |v| v.to_string());
+                write!(f, "a number in [{lo}, {hi}]")
+            }
+        }
+    }
+}
+
+/// What a metadata table must satisfy.
+///
+/// ```
+/// use guardrails::integrity::{AllowedValues, TableCheck};
+/// use arrow_schema::DataType;
+///
+/// let check = TableCheck::new()
+///     .with_required_columns(["id", "path", "label"])
+///     .with_column_type("id", DataType::Int64)
+///     .with_min_rows(1000)
+///     .with_not_null(["id", "path"])
+///     .with_unique(["id"])
+///     .with_allowed("label", AllowedValues::one_of(["cat", "dog"]))
+///     .with_paths_exist("path");
+/// assert_eq!(check.min_rows(), Some(1000));
+/// ```
+#[derive(Clone, Default)]
+pub struct TableCheck {
+    required: Vec<String>,
+    types: Vec<(String, DataType)>,
+    min_rows: Option<u64>,
+    max_rows: Option<u64>,
+    allow_empty: bool,
+    not_null: Vec<String>,
+    unique: Vec<String>,
+    allowed: Vec<(String, AllowedValues)>,
+    paths_columns: Vec<String>,
+    root: Option<PathBuf>,
+    quick: bool,
+    pub(crate) csv_final_newline: bool,
+    batch_checks: Vec<(String, Arc<BatchCheckFn>)>,
+    max_examples: usize,
+}
+
+impl fmt::Debug for TableCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.batch_checks.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("TableCheck")
+            .field("required", &self.required)
+            .field("types", &self.types)
+            .field("min_rows", &self.min_rows)
+            .field("max_rows", &self.max_rows)
+            .field("allow_empty", &self.allow_empty)
+            .field("not_null", &self.not_null)
+            .field("unique", &self.unique)
+            .field("allowed", &self.allowed)
+            .field("paths_columns", &self.paths_columns)
+            .field("root", &self.root)
+            .field("quick", &self.quick)
+            .field("csv_final_newline", &self.csv_final_newline)
+            .field("batch_checks", &names)
+            .finish()
+    }
+}
+
+impl TableCheck {
+    /// No requirement beyond a readable, non-empty table.
+    pub fn new() -> Self {
+        Self {
+            max_examples: 10,
+            csv_final_newline: true,
+            ..Self::default()
+        }
+    }
+
+    /// Columns that must be present.
+    pub fn with_required_columns<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.required.extend(columns.into_iter().map(Into::into));
+        self
+    }
+
+    /// A column that must be present with this type. Strings match whatever their layout
+    /// (`Utf8`, `LargeUtf8`, `Utf8View`, dictionary-encoded), as do binaries.
+    pub fn with_column_type(mut self, column: impl Into<String>, data_type: DataType) -> Self {
+        self.types.push((column.into(), data_type));
+        self
+    }
+
+    /// At least this many rows.
+    pub fn with_min_rows(mut self, rows: u64) -> Self {
+        self.min_rows = Some(rows);
+        self
+    }
+
+    /// At most this many rows.
+    pub fn with_max_rows(mut self, rows: u64) -> Self {
+        self.max_rows = Some(rows);
+        self
+    }
+
+    /// Whether a table with no rows passes (default: no).
+    pub fn with_allow_empty(mut self, allow: bool) -> Self {
+        self.allow_empty = allow;
+        self
+    }
+
+    /// Columns that must hold no null.
+    pub fn with_not_null<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.not_null.extend(columns.into_iter().map(Into::into));
+        self
+    }
+
+    /// Columns whose values must all differ (nulls are not compared).
+    pub fn with_unique<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.unique.extend(columns.into_iter().map(Into::into));
+        self
+    }
+
+    /// The values a column may hold (nulls are left to [`with_not_null`](Self::with_not_null)).
+    pub fn with_allowed(mut self, column: impl Into<String>, allowed: AllowedValues) -> Self {
+        self.allowed.push((column.into(), allowed));
+        self
+    }
+
+    /// A column of file paths that must exist (call again for more columns). Relative
+    /// paths are resolved against [`with_root`](Self::with_root), by default the table's
+    /// folder.
+    pub fn with_paths_exist(mut self, column: impl Into<String>) -> Self {
+        self.paths_columns.push(column.into());
+        self
+    }
+
+    /// The folder relative paths are resolved against.
+    pub fn with_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// Trusts what the file says about itself where it can: Parquet footer statistics
+    /// answer the row count and null checks without reading pages. Columns whose
+    /// statistics are missing are scanned, and the report says so. Value checks (unique,
+    /// allowed values, paths, batch checks) always read their columns.
+    pub fn with_quick(mut self, quick: bool) -> Self {
+        self.quick = quick;
+        self
+    }
+
+    /// Whether a CSV whose last line has no line terminator fails (default: yes). A cut
+    /// at any byte but a line end leaves such a line, and it is the only sign of it; turn
+    /// this off for files from writers that omit the last terminator.
+    pub fn with_csv_final_newline(mut self, require: bool) -> Self {
+        self.csv_final_newline = require;
+        self
+    }
+
+    /// A named check run over every record batch.
+    pub fn with_batch_check<F>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn(&RecordBatch) -> std::result::Result<(), String> + Send + Sync + 'static,
+    {
+        self.batch_checks.push((name.into(), Arc::new(check)));
+        self
+    }
+
+    /// How many offending rows or paths a finding lists (default 10).
+    pub fn with_max_examples(mut self, n: usize) -> Self {
+        self.max_examples = n;
+        self
+    }
+
+    /// The minimum row count, if any.
+    pub fn min_rows(&self) -> Option<u64> {
+        self.min_rows
+    }
+
+    /// Whether quick mode is on.
+    pub fn is_quick(&self) -> bool {
+        self.quick
+    }
+
+    /// Columns whose values some check must read; `None` means every column.
+    pub(crate) fn value_columns(&self) -> Option<BTreeSet<String>> {
+        if !self.batch_checks.is_empty() {
+            return None;
+        }
+        let mut cols: BTreeSet<String> = self.unique.iter().cloned().collect();
+        cols.extend(self.allowed.iter().map(|(c, _)| c.clone()));
+        cols.extend(self.paths_columns.iter().cloned());
+        Some(cols)
+    }
+}
+
+/// Reads a table file and hands its batches to a [`TableScan`]. Format modules implement it.
+pub(crate) struct TableSource<'a> {
+    pub path: &'a Path,
+    pub check: &'a TableCheck,
+    pub keep_batches: bool,
+}
+
+/// Checks a table file; `keep` asks for the batches back.
+pub(crate) fn check_table(
+    path: &Path,
+    format: Format,
+    check: &TableCheck,
+    keep: bool,
+    report: &mut Report,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let src = TableSource {
+        path,
+        check,
+        keep_batches: keep,
+    };
+    let batches = match format {
+        Format::Parquet => parquet::check(&src, report)?,
+        Format::ArrowIpc => ipc::check_file(&src, report)?,
+        Format::ArrowStream => ipc::check_stream(&src, report)?,
+        Format::Csv => csv::check(&src, report)?,
+        other => {
+            report.error(
+                "format",
+                "not a table format this checker reads",
+                Some("parquet, arrow ipc (file or stream) or csv".into()),
+                Some(format!("{other:?}").to_lowercase()),
+            );
+            None
+        }
+    };
+    Ok(batches)
+}
+
+/// Schema-level checks: required columns and their types.
+pub(crate) fn check_schema(schema: &Schema, check: &TableCheck, report: &mut Report) {
+    let columns: Vec<serde_json::Value> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name(),
+                "type": f.data_type().to_string(),
+                "nullable": f.is_nullable(),
+            })
+        })
+        .collect();
+    report.info("columns", columns);
+    let missing: Vec<&str> = check
+        .required
+        .iter()
+        .chain(check.types.iter().map(|(c, _)| c))
+        .filter(|c| schema.field_with_name(c).is_err())
+        .map(String::as_str)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !missing.is_empty() {
+        let present: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        report.error(
+            "required_columns",
+            format!("missing column(s): {}", missing.join(", ")),
+            Some(format!("columns {}", missing.join(", "))),
+            Some(format!("columns {}", present.join(", "))),
+        );
+    }
+    for (column, want) in &check.types {
+        if let Ok(field) = schema.field_with_name(column)
+            && !types_match(field.data_type(), want)
+        {
+            report.error(
+                "column_type",
+                format!("column {column} has type {}", field.data_type()),
+                Some(want.to_string()),
+                Some(field.data_type().to_string()),
+            );
+        }
+    }
+}
+
+fn types_match(found: &DataType, want: &DataType) -> bool {
+    fn logical(t: &DataType) -> &DataType {
+        match t {
+            DataType::Dictionary(_, value) => logical(value),
+            DataType::LargeUtf8 | DataType::Utf8View => &DataType::Utf8,
+            DataType::LargeBinary | DataType::BinaryView => &DataType::Binary,
+            other => other,
+        }
+    }
+    logical(found) == logical(want)
+}
+
+/// Row-count checks once the count is known.
+pub(crate) fn check_rows(rows: u64, check: &TableCheck, report: &mut Report) {
+    report.info("rows", rows);
+    if rows == 0 && !check.allow_empty {
+        report.error(
+            "rows",
+            "the table is empty",
+            Some("at least 1 row".into()),
+            Some("0 rows".into()),
+        );
+    }
+    if let Some(min) = check.min_rows
+        && rows < min
+    {
+        report.error(
+            "min_rows",
+            format!("{rows} rows, fewer than {min}"),
+            Some(format!("at least {min} rows")),
+            Some(format!("{rows} rows")),
+        );
+    }
+    if let Some(max) = check.max_rows
+        && rows > max
+    {
+        report.error(
+            "max_rows",
+            format!("{rows} rows, more than {max}"),
+            Some(format!("at most {max} rows")),
+            Some(format!("{rows} rows")),
+        );
+    }
+}
+
+/// The value-level checks, fed one batch at a time; findings come out in [`finish`](Self::finish).
+pub(crate) struct TableScan<'a> {
+    check: &'a TableCheck,
+    table_dir: PathBuf,
+    rows: u64,
+    /// Null counts per not-null column; columns answered by footer statistics are absent.
+    nulls: Vec<(String, u64, Option<u64>)>,
+    scan_nulls: BTreeSet<String>,
+    unique: HashMap<String, UniqueState>,
+    allowed: Vec<ValueViolations>,
+    paths: Vec<Vec<String>>,
+    batch_failures: Vec<(u64, Option<String>)>,
+    kept: Option<Vec<RecordBatch>>,
+}
+
+struct UniqueState {
+    ints: HashSet<i64>,
+    rows: HashSet<Box<[u8]>>,
+    converter: Option<arrow_row::RowConverter>,
+    duplicates: u64,
+    examples: Vec<String>,
+    unsupported: Option<String>,
+}
+
+struct ValueViolations {
+    count: u64,
+    examples: Vec<String>,
+    problem: Option<String>,
+}
+
+impl<'a> TableScan<'a> {
+    pub(crate) fn new(path: &Path, check: &'a TableCheck, keep: bool) -> Self {
+        let table_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            check,
+            table_dir,
+            rows: 0,
+            nulls: Vec::new(),
+            scan_nulls: check.not_null.iter().cloned().collect(),
+            unique: HashMap::new(),
+            allowed: check
+                .allowed
+                .iter()
+                .map(|_| ValueViolations {
+                    count: 0,
+                    examples: Vec::new(),
+                    problem: None,
+                })
+                .collect(),
+            paths: vec![Vec::new(); check.paths_columns.len()],
+            batch_failures: vec![(0, None); check.batch_checks.len()],
+            kept: keep.then(Vec::new),
+        }
+    }
+
+    /// Null counts that footer statistics already answered, so the scan skips them.
+    pub(crate) fn nulls_from_statistics(&mut self, column: &str, nulls: u64) {
+        self.scan_nulls.remove(column);
+        self.nulls.push((column.to_string(), nulls, None));
+    }
+
+    /// Not-null columns still to be counted by reading pages.
+    pub(crate) fn columns_needing_null_scan(&self) -> impl Iterator<Item = &String> {
+        self.scan_nulls.iter()
+    }
+
+    pub(crate) fn push(&mut self, batch: RecordBatch) {
+        let offset = self.rows;
+        let schema = batch.schema();
+        for column in &self.scan_nulls {
+            if let Ok(idx) = schema.index_of(column) {
+                let array = batch.column(idx);
+                let mask = array.logical_nulls();
+                let n = mask.as_ref().map_or(0, |m| m.null_count()) as u64;
+                let first = mask
+                    .filter(|_| n > 0)
+                    .and_then(|m| m.iter().position(|valid| !valid))
+                    .map(|i| offset + i as u64);
+                match self.nulls.iter_mut().find(|(c, _, _)| c == column) {
+                    Some(entry) => {
+                        entry.1 += n;
+                        if entry.2.is_none() {
+                            entry.2 = first;
+                        }
+                    }
+                    None => self.nulls.push((column.clone(), n, first)),
+                }
+            }
+        }
+        for column in &self.check.unique {
+            if let Ok(idx) = schema.index_of(column) {
+                let state = self
+                    .unique
+                    .entry(column.clone())
+                    .or_insert_with(|| UniqueState::new(batch.column(idx).data_type()));
+                state.push(batch.column(idx), offset, self.check.max_examples);
+            }
+        }
+        for (i, (column, allowed)) in self.check.allowed.iter().enumerate() {
+            if let Ok(idx) = schema.index_of(column) {
+                check_allowed(
+                    batch.column(idx),
+                    allowed,
+                    offset,
+                    self.check.max_examples,
+                    &mut self.allowed[i],
+                );
+            }
+        }
+        for (column, paths) in self.check.paths_columns.iter().zip(&mut self.paths) {
+            if let Ok(idx) = schema.index_of(column)
+                && let Ok(strings) = arrow_cast::cast(batch.column(idx), &DataType::Utf8)
+            {
+                let strings = strings.as_string::<i32>();
+                paths.extend(strings.iter().flatten().map(str::to_string));
+            }
+        }
+        for (i, (_, f)) in self.check.batch_checks.iter().enumerate() {
+            if let Err(message) = f(&batch) {
+                let entry = &mut self.batch_failures[i];
+                entry.0 += 1;
+                if entry.1.is_none() {
+                    entry.1 = Some(format!(
+                        "rows {offset}..{}: {message}",
+                        offset + batch.num_rows() as u64
+                    ));
+                }
+            }
+        }
+        self.rows += batch.num_rows() as u64;
+        if let Some(kept) = &mut self.kept {
+            kept.push(batch);
+        }
+    }
+
+    /// Feeds every batch `open` yields; a read error or panic stops the scan and comes
+    /// back as its message.
+    pub(crate) fn drain<I, E, F>(&mut self, open: F) -> Option<String>
+    where
+        F: FnOnce() -> std::result::Result<I, String>,
+        I: Iterator<Item = std::result::Result<RecordBatch, E>>,
+        E: fmt::Display,
+    {
+        crate::integrity::catch_read(|| -> std::result::Result<(), String> {
+            for batch in open()? {
+                self.push(batch.map_err(|e| e.to_string())?);
+            }
+            Ok(())
+        })
+        .err()
+    }
+
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Emits every finding; `schema` tells which checked columns exist at all.
+    pub(crate) fn finish(self, schema: &Schema, report: &mut Report) -> Option<Vec<RecordBatch>> {
+        let check = self.check;
+        for column in &check.not_null {
+            if schema.field_with_name(column).is_err() {
+                continue;
+            }
+            if let Some((_, n, first)) = self.nulls.iter().find(|(c, _, _)| c == column)
+                && *n > 0
+            {
+                let at = first
+                    .map(|r| format!("; first at row {r}"))
+                    .unwrap_or_default();
+                report.error(
+                    "not_null",
+                    format!("column {column} has {n} null(s){at}"),
+                    Some("no nulls".into()),
+                    Some(format!("{n} nulls")),
+                );
+            }
+        }
+        for column in &check.unique {
+            let Some(state) = self.unique.get(column) else {
+                continue;
+            };
+            if let Some(problem) = &state.unsupported {
+                report.error("unique", format!("column {column}: {problem}"), None, None);
+            } else if state.duplicates > 0 {
+                report.error(
+                    "unique",
+                    format!(
+                        "column {column} has {} duplicate value(s), e.g. {}",
+                        state.duplicates,
+                        state.examples.join("; ")
+                    ),
+                    Some("unique values".into()),
+                    Some(format!("{} duplicates", state.duplicates)),
+                );
+            }
+        }
+        for ((column, allowed), v) in check.allowed.iter().zip(&self.allowed) {
+            if let Some(problem) = &v.problem {
+                report.error(
+                    "allowed_values",
+                    format!("column {column}: {problem}"),
+                    Some(allowed.to_string()),
+                    None,
+                );
+            } else if v.count > 0 {
+                report.error(
+                    "allowed_values",
+                    format!(
+                        "column {column} has {} value(s) outside {allowed}, e.g. {}",
+                        v.count,
+                        v.examples.join("; ")
+                    ),
+                    Some(allowed.to_string()),
+                    Some(format!("{} values outside", v.count)),
+                );
+            }
+        }
+        let root = check.root.clone().unwrap_or(self.table_dir.clone());
+        for (column, paths) in check.paths_columns.iter().zip(&self.paths) {
+            if schema.field_with_name(column).is_err() {
+                continue;
+            }
+            let outcome = refs::check_paths_exist(&root, paths, check.max_examples);
+            report.info(&format!("paths_checked.{column}"), outcome.checked);
+            if outcome.missing > 0 {
+                report.error(
+                    "paths_exist",
+                    format!(
+                        "{} of {} path(s) in column {column} do not exist under {}; first: {}",
+                        outcome.missing,
+                        outcome.checked,
+                        root.display(),
+                        outcome.first_missing.join(", ")
+                    ),
+                    Some("every path exists".into()),
+                    Some(format!("{} missing", outcome.missing)),
+                );
+            }
+        }
+        for ((name, _), (failed, first)) in check.batch_checks.iter().zip(&self.batch_failures) {
+            if *failed > 0 {
+                report.error(
+                    &format!("batch_check:{name}"),
+                    format!(
+                        "{failed} batch(es) failed {name}; first: {}",
+                        first.as_deref().unwrap_or("")
+                    ),
+                    None,
+                    None,
+                );
+            }
+        }
+        self.kept
+    }
+}
+
+impl UniqueState {
+    fn new(data_type: &DataType) -> Self {
+        let (converter, unsupported) = if is_int(data_type) {
+            (None, None)
+        } else {
+            match arrow_row::RowConverter::new(vec![arrow_row::SortField::new(data_type.clone())]) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "values of type {data_type} cannot be compared: {e}"
+                    )),
+                ),
+            }
+        };
+        Self {
+            ints: HashSet::new(),
+            rows: HashSet::new(),
+            converter,
+            duplicates: 0,
+            examples: Vec::new(),
+            unsupported,
+        }
+    }
+
+    fn push(&mut self, array: &ArrayRef, offset: u64, max_examples: usize) {
+        if self.unsupported.is_some() {
+            return;
+        }
+        if is_int(array.data_type()) {
+            let Ok(ints) = arrow_cast::cast(array, &DataType::Int64) else {
+                self.unsupported = Some(format!("cannot read {} as integers", array.data_type()));
+                return;
+            };
+            for (i, v) in ints.as_primitive::<Int64Type>().iter().enumerate() {
+                if let Some(v) = v
+                    && !self.ints.insert(v)
+                {
+                    self.note_duplicate(offset + i as u64, &v.to_string(), max_examples);
+                }
+            }
+            return;
+        }
+        let Some(converter) = &self.converter else {
+            return;
+        };
+        let rows = match converter.convert_columns(std::slice::from_ref(array)) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.unsupported = Some(format!("cannot compare values: {e}"));
+                return;
+            }
+        };
+        let mut dups = Vec::new();
+        for i in 0..array.len() {
+            if array.is_null(i) {
+                continue;
+            }
+            if !self.rows.insert(rows.row(i).as_ref().into()) {
+                dups.push(i);
+            }
+        }
+        for i in dups {
+            let shown = display_value(array, i);
+            self.note_duplicate(offset + i as u64, &shown, max_examples);
+        }
+    }
+
+    fn note_duplicate(&mut self, row: u64, value: &str, max_examples: usize) {
+        self.duplicates += 1;
+        if self.examples.len() < max_examples {
+            self.examples.push(format!("row {row}: {value}"));
+        }
+    }
+}
+
+fn is_int(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    )
+}
+
+fn display_value(array: &dyn Array, i: usize) -> String {
+    let options = arrow_cast::display::FormatOptions::default();
+    match arrow_cast::display::ArrayFormatter::try_new(array, &options) {
+        Ok(f) => {
+            let mut s = f.value(i).to_string();
+            if s.len() > 80 {
+                let cut = (0..=80).rev().find(|&c| s.is_char_boundary(c)).unwrap_or(0);
+                s.truncate(cut);
+                s.push('…');
+            }
+            s
+        }
+        Err(_) => "?".into(),
+    }
+}
+
+fn check_allowed(
+    array: &ArrayRef,
+    allowed: &AllowedValues,
+    offset: u64,
+    max_examples: usize,
+    out: &mut ValueViolations,
+) {
+    if out.problem.is_some() {
+        return;
+    }
+    let note = |out: &mut ValueViolations, i: usize, shown: String| {
+        out.count += 1;
+        if out.examples.len() < max_examples {
+            out.examples
+                .push(format!("row {}: {shown}", offset + i as u64));
+        }
+    };
+    match allowed {
+        AllowedValues::OneOf(set) => {
+            let strings = match arrow_cast::cast(array, &DataType::Utf8) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.problem = Some(format!(
+                        "values of type {} have no text form: {e}",
+                        array.data_type()
+                    ));
+                    return;
+                }
+            };
+            for (i, v) in strings.as_string::<i32>().iter().enumerate() {
+                if let Some(v) = v
+                    && !set.contains(v)
+                {
+                    note(out, i, v.to_string());
+                }
+            }
+        }
+        AllowedValues::Range { min, max } => {
+            let numbers = match arrow_cast::cast(array, &DataType::Float64) {
+                Ok(n) if array.data_type().is_numeric() => n,
+                _ => {
+                    out.problem = Some(format!("type {} is not numeric", array.data_type()));
+                    return;
+                }
+            };
+            let lo = min.unwrap_or(f64::NEG_INFINITY);
+            let hi = max.unwrap_or(f64::INFINITY);
+            for (i, v) in numbers.as_primitive::<Float64Type>().iter().enumerate() {
+                if let Some(v) = v
+                    && !(lo <= v && v <= hi)
+                {
+                    note(out, i, v.to_string());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Parquet tables through arrow-rs: the footer first (schema, row groups, statistics), then
+//! a streaming scan of every page in bounded memory. With the `crc` feature of `parquet`
+//! on (this crate turns it on), the page reader verifies each page's CRC-32 where the
+//! writer stored one.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::ParquetMetaData;
+
+use super::{TableScan, TableSource, check_rows, check_schema};
+use crate::error::{GuardrailError, Result};
+use crate::integrity::{Report, catch_read};
+
+/// Rows per decoded batch: large enough to amortise per-batch work, small enough that a
+/// wide table stays within a few tens of MiB.
+pub(crate) const BATCH_ROWS: usize = 8192;
+
+pub(super) fn check(
+    src: &TableSource<'_>,
+    report: &mut Report,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let path = src.path;
+    let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| GuardrailError::io(path, e))?
+        .len();
+    if !footer_is_whole(&mut file, len, report).map_err(|e| GuardrailError::io(path, e))? {
+        return Ok(None);
+    }
+    let builder = match catch_read(|| ParquetRecordBatchReaderBuilder::try_new(file)) {
+        Ok(b) => b,
+        Err(e) => {
+            report.error(
+                "footer",
+                format!("the footer cannot be read: {e}"),
+                Some("valid parquet metadata".into()),
+                Some(e),
+            );
+            return Ok(None);
+        }
+    };
+    let metadata = builder.metadata().clone();
+    let schema = builder.schema().clone();
+    let footer_rows = footer_info(&metadata, report);
+    check_schema(&schema, src.check, report);
+
+    let mut scan = TableScan::new(path, src.check, src.keep_batches);
+    // Quick mode: footer statistics answer null counts; columns without them are scanned.
+    let quick = src.check.quick && !src.keep_batches;
+    if quick {
+        let not_null: Vec<String> = scan.columns_needing_null_scan().cloned().collect();
+        let mut missing_stats = Vec::new();
+        for column in not_null {
+            if schema.field_with_name(&column).is_err() {
+                continue;
+            }
+            match nulls_from_statistics(&metadata, &column) {
+                Some(n) => scan.nulls_from_statistics(&column, n),
+                None => missing_stats.push(column),
+            }
+        }
+        if !missing_stats.is_empty() {
+            report.warning(
+                "statistics",
+                format!(
+                    "no null-count statistics for {}; those columns were scanned",
+                    missing_stats.join(", ")
+                ),
+            );
+        }
+    }
+    let projection: Option<BTreeSet<String>> = if quick {
+        src.check.value_columns().map(|mut cols| {
+            cols.extend(scan.columns_needing_null_scan().cloned());
+            cols
+        })
+    } else {
+        None
+    };
+    let roots: Option<Vec<usize>> = projection.as_ref().map(|cols| {
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| cols.contains(f.name()))
+            .map(|(i, _)| i)
+            .collect()
+    });
+    let scan_pages = roots.as_ref().is_none_or(|r| !r.is_empty());
+    report.info("pages_scanned", scan_pages);
+    if scan_pages {
+        let mask = match &roots {
+            Some(r) => ProjectionMask::roots(builder.parquet_schema(), r.iter().copied()),
+            None => ProjectionMask::all(),
+        };
+        let failure = scan.drain(|| {
+            builder
+                .with_batch_size(BATCH_ROWS)
+                .with_projection(mask)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        match failure {
+            Some(message) => {
+                let check = if message.contains("CRC") {
+                    "page_checksum"
+                } else {
+                    "pages"
+                };
+                report.error(
+                    check,
+                    format!("reading pages failed after {} rows: {message}", scan.rows()),
+                    Some("every page readable".into()),
+                    Some(message),
+                );
+            }
+            None if scan.rows() != footer_rows => report.error(
+                "row_count",
+                format!(
+                    "the pages hold {} rows, the footer says {footer_rows}",
+                    scan.rows()
+                ),
+                Some(format!("{footer_rows} rows")),
+                Some(format!("{} rows", scan.rows())),
+            ),
+            None => {}
+        }
+    }
+    check_rows(footer_rows, src.check, report);
+    Ok(scan.finish(&schema, report))
+}
+
+/// The last 8 bytes must be the footer length and `PAR1`, and the footer must fit.
+fn footer_is_whole(file: &mut File, len: u64, report: &mut Report) -> std::io::Result<bool> {
+    if len < 12 {
+        report.error(
+            "footer",
+            format!("{len} bytes is too short for a parquet file"),
+            Some("at least 12 bytes".into()),
+            Some(format!("{len} bytes")),
+        );
+        return Ok(false);
+    }
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::Start(len - 8))?;
+    file.read_exact(&mut tail)?;
+    file.seek(SeekFrom::Start(0))?;
+    if &tail[4..] != b"PAR1" {
+        report.error(
+            "footer",
+            "no PAR1 magic at the end: the file is cut short or was never finished",
+            Some("PAR1".into()),
+            Some(String::from_utf8_lossy(&tail[4..]).into_owned()),
+        );
+        return Ok(false);
+    }
+    let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if footer + 12 > len {
+        report.error(
+            "footer",
+            format!("the footer claims {footer} bytes in a {len}-byte file"),
+            Some(format!("at most {} bytes", len - 12)),
+            Some(format!("{footer} bytes")),
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Puts what the footer says into the report; returns its row count.
+fn footer_info(metadata: &ParquetMetaData, report: &mut Report) -> u64 {
+    let file_meta = metadata.file_metadata();
+    let footer_rows = u64::try_from(file_meta.num_rows()).unwrap_or(0);
+    report.info("row_groups", metadata.num_row_groups());
+    if let Some(by) = file_meta.created_by() {
+        report.info("created_by", by);
+    }
+    let mut codecs = BTreeSet::new();
+    let mut with_stats = 0usize;
+    let mut chunks = 0usize;
+    let mut group_rows: u64 = 0;
+    for rg in metadata.row_groups() {
+        group_rows = group_rows.saturating_add(u64::try_from(rg.num_rows()).unwrap_or(0));
+        for c in rg.columns() {
+            chunks += 1;
+            // Debug gives `ZSTD(ZstdLevel(1))`; the level is the writer's business.
+            let codec = format!("{:?}", c.compression()).to_lowercase();
+            codecs.insert(codec.split('(').next().unwrap_or_default().to_string());
+            if c.statistics().is_some() {
+                with_stats += 1;
+            }
+        }
+    }
+    report.info("codecs", codecs.into_iter().collect::<Vec<_>>());
+    report.info("statistics", with_stats == chunks && chunks > 0);
+    if group_rows != footer_rows {
+        report.error(
+            "row_count",
+            format!("the row groups hold {group_rows} rows, the footer says {footer_rows}"),
+            Some(format!("{footer_rows} rows")),
+            Some(format!("{group_rows} rows")),
+        );
+    }
+    footer_rows
+}
+
+/// The null count of a top-level primitive column from every row group's statistics, or
+/// `None` when any row group lacks it (or the column is nested).
+fn nulls_from_statistics(metadata: &ParquetMetaData, column: &str) -> Option<u64> {
+    let mut total = 0u64;
+    for rg in metadata.row_groups() {
+        let chunk = rg
+            .columns()
+            .iter()
+            .find(|c| c.column_path().parts() == [column])?;
+        total = total.checked_add(chunk.statistics()?.null_count_opt()?)?;
+    }
+    Some(total)
+}
