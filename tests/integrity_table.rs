@@ -462,3 +462,69 @@ fn random_bytes_fail_cleanly() {
         assert!(!r.ok, "random file {i} passed");
     }
 }
+
+#[test]
+fn parquet_feature_tables_are_scanned() {
+    use guardrails::integrity::FeatureCheck;
+    let checker = DataIntegrityChecker::new();
+    let feature = |name: &str, check: &FeatureCheck| {
+        checker.validate_feature_file(fixture(name), check).unwrap()
+    };
+    let r = feature(
+        "features_ok.parquet",
+        &FeatureCheck::new()
+            .with_dtypes(["float32", "float64", "int64"])
+            .with_shape([None, Some(10)])
+            .with_min_rows(50),
+    );
+    assert!(r.ok, "{:#?}", r.findings);
+    assert_eq!(r.kind, "feature");
+    assert_eq!(r.info["shape"], serde_json::json!([50, 10]));
+    assert_eq!(r.info["non_finite"], 0);
+
+    let r = feature("features_nan.parquet", &FeatureCheck::new());
+    assert_eq!(failed_checks(&r), ["finite"]);
+    assert_eq!(r.info["non_finite"], 3);
+    assert!(
+        r.findings[0].message.contains("column emb, row 7"),
+        "{}",
+        r.findings[0].message
+    );
+    assert!(
+        feature(
+            "features_nan.parquet",
+            &FeatureCheck::new().with_finite(false)
+        )
+        .ok
+    );
+
+    let r = feature("features_nulls.parquet", &FeatureCheck::new());
+    assert_eq!(failed_checks(&r), ["nulls"]);
+    assert!(
+        r.findings[0].message.contains("column emb, near row 5"),
+        "{}",
+        r.findings[0].message
+    );
+
+    let r = feature(
+        "features_varlist.parquet",
+        &FeatureCheck::new().with_rank(2),
+    );
+    assert_eq!(r.info["shape"], serde_json::json!([20]));
+    assert_eq!(failed_checks(&r), ["rank"]);
+
+    let r = feature(
+        "features_ok.parquet",
+        &FeatureCheck::new().with_dtypes(["float32"]),
+    );
+    assert_eq!(failed_checks(&r), ["dtype"]);
+    assert_eq!(r.findings[0].found.as_deref(), Some("float64, int64"));
+
+    // A table with no numeric column is not a feature file.
+    let r = checker
+        .validate_feature_file(fixture("good.arrow"), &FeatureCheck::new())
+        .unwrap();
+    assert_eq!(failed_checks(&r), ["format"]);
+    let r = feature("cut_half.parquet", &FeatureCheck::new());
+    assert_eq!(failed_checks(&r), ["footer"]);
+}

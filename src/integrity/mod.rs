@@ -258,10 +258,11 @@ impl DataIntegrityChecker {
         let mut report = open_report(path, &mut file, len, "feature")?;
         match report.format {
             Format::Npy => npy::check(path, len, check, &mut report)?,
+            Format::Parquet => table::check_parquet_features(path, check, &mut report)?,
             other => report.error(
                 "format",
                 "not a feature file format this checker reads",
-                Some("npy".into()),
+                Some("npy or parquet".into()),
                 Some(format!("{other:?}").to_lowercase()),
             ),
         }

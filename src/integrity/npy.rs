@@ -371,55 +371,7 @@ pub(super) fn check(
         report.info("elements", e);
     }
 
-    // The caller's expectations.
-    if !check.dtypes.is_empty() && !check.dtypes.contains(&dtype.name) {
-        report.error(
-            "dtype",
-            "unexpected dtype",
-            Some(check.dtypes.join(" or ")),
-            Some(dtype.name.clone()),
-        );
-    }
-    if let Some(rank) = check.rank
-        && rank != shape.len()
-    {
-        report.error(
-            "rank",
-            "unexpected number of dimensions",
-            Some(rank.to_string()),
-            Some(shape.len().to_string()),
-        );
-    }
-    if let Some(want) = &check.shape {
-        let fits = want.len() == shape.len()
-            && want
-                .iter()
-                .zip(&shape)
-                .all(|(w, s)| w.is_none_or(|w| w == *s));
-        if !fits {
-            let show: Vec<String> = want
-                .iter()
-                .map(|d| d.map_or("*".into(), |d| d.to_string()))
-                .collect();
-            report.error(
-                "shape",
-                "unexpected shape",
-                Some(format!("({})", show.join(", "))),
-                Some(format!("{shape:?}")),
-            );
-        }
-    }
-    if let Some(min) = check.min_rows {
-        let rows = shape.first().copied().unwrap_or(1);
-        if rows < min {
-            report.error(
-                "min_rows",
-                "too few rows",
-                Some(format!(">= {min}")),
-                Some(rows.to_string()),
-            );
-        }
-    }
+    check_expectations(check, std::slice::from_ref(&dtype.name), &shape, report);
 
     // Finite scan over what is really there (a truncated file is scanned as far as it goes).
     if check.finite && matches!(dtype.kind, 'f' | 'c') {
@@ -450,6 +402,68 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// The caller's expectations of dtype, rank, shape and rows, for any feature format.
+pub(super) fn check_expectations(
+    check: &FeatureCheck,
+    dtypes: &[String],
+    shape: &[u64],
+    report: &mut Report,
+) {
+    let unexpected: Vec<&str> = dtypes
+        .iter()
+        .filter(|d| !check.dtypes.is_empty() && !check.dtypes.contains(d))
+        .map(String::as_str)
+        .collect();
+    if !unexpected.is_empty() {
+        report.error(
+            "dtype",
+            "unexpected dtype",
+            Some(check.dtypes.join(" or ")),
+            Some(unexpected.join(", ")),
+        );
+    }
+    if let Some(rank) = check.rank
+        && rank != shape.len()
+    {
+        report.error(
+            "rank",
+            "unexpected number of dimensions",
+            Some(rank.to_string()),
+            Some(shape.len().to_string()),
+        );
+    }
+    if let Some(want) = &check.shape {
+        let fits = want.len() == shape.len()
+            && want
+                .iter()
+                .zip(shape)
+                .all(|(w, s)| w.is_none_or(|w| w == *s));
+        if !fits {
+            let show: Vec<String> = want
+                .iter()
+                .map(|d| d.map_or("*".into(), |d| d.to_string()))
+                .collect();
+            report.error(
+                "shape",
+                "unexpected shape",
+                Some(format!("({})", show.join(", "))),
+                Some(format!("{shape:?}")),
+            );
+        }
+    }
+    if let Some(min) = check.min_rows {
+        let rows = shape.first().copied().unwrap_or(1);
+        if rows < min {
+            report.error(
+                "min_rows",
+                "too few rows",
+                Some(format!(">= {min}")),
+                Some(rows.to_string()),
+            );
+        }
+    }
 }
 
 /// Counts non-finite lanes (NaN, ±inf) in up to `limit` bytes: a lane is non-finite when

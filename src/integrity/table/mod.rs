@@ -20,6 +20,7 @@ use super::{Format, Report, refs};
 use crate::error::Result;
 
 pub(crate) use self::csv::looks_like_csv;
+pub(crate) use self::parquet::check_features as check_parquet_features;
 
 /// A check over each record batch that the built-in checks do not cover. `Err(message)`
 /// fails the table; the message names what was wrong.

@@ -7,14 +7,20 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-use arrow_array::RecordBatch;
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type, Float64Type};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch};
+use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaData;
 
 use super::{TableScan, TableSource, check_rows, check_schema};
 use crate::error::{GuardrailError, Result};
-use crate::integrity::{Report, catch_read};
+use crate::integrity::npy::check_expectations;
+use crate::integrity::{FeatureCheck, Report, catch_read};
 
 /// Rows per decoded batch: large enough to amortise per-batch work, small enough that a
 /// wide table stays within a few tens of MiB.
@@ -222,4 +228,237 @@ fn nulls_from_statistics(metadata: &ParquetMetaData, column: &str) -> Option<u64
         total = total.checked_add(chunk.statistics()?.null_count_opt()?)?;
     }
     Some(total)
+}
+
+/// Parquet feature tables: numeric columns and (fixed-size) lists of numbers, scanned for
+/// NaN, infinities and nulls. The shape is `[rows, values per row]` when every feature
+/// column has a fixed width, else `[rows]`.
+pub(crate) fn check_features(path: &Path, check: &FeatureCheck, report: &mut Report) -> Result<()> {
+    let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| GuardrailError::io(path, e))?
+        .len();
+    if !footer_is_whole(&mut file, len, report).map_err(|e| GuardrailError::io(path, e))? {
+        return Ok(());
+    }
+    let builder = match catch_read(|| ParquetRecordBatchReaderBuilder::try_new(file)) {
+        Ok(b) => b,
+        Err(e) => {
+            report.error(
+                "footer",
+                format!("the footer cannot be read: {e}"),
+                Some("valid parquet metadata".into()),
+                Some(e),
+            );
+            return Ok(());
+        }
+    };
+    let rows = footer_info(builder.metadata(), report);
+    let schema = builder.schema().clone();
+    let mut dtypes = BTreeSet::new();
+    let mut width = Some(0u64);
+    let mut roots = Vec::new();
+    let mut ignored = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        match feature_column(field.data_type()) {
+            Some((dtype, w)) => {
+                dtypes.insert(dtype);
+                width = width.zip(w).map(|(a, b)| a + b);
+                roots.push(i);
+            }
+            None => ignored.push(field.name().clone()),
+        }
+    }
+    if !ignored.is_empty() {
+        report.info("ignored_columns", ignored);
+    }
+    if roots.is_empty() {
+        report.error(
+            "columns",
+            "no numeric or list-of-number column to read as features",
+            Some("numeric or fixed-size-list columns".into()),
+            Some("none".into()),
+        );
+        return Ok(());
+    }
+    let dtypes: Vec<String> = dtypes.into_iter().collect();
+    let shape: Vec<u64> = match width {
+        Some(w) => vec![rows, w],
+        None => vec![rows],
+    };
+    report.info("dtype", dtypes.join(","));
+    report.info("shape", serde_json::json!(shape));
+    report.info("rows", rows);
+    check_expectations(check, &dtypes, &shape, report);
+    if !check.finite {
+        return Ok(());
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mut counts = FiniteCounts::default();
+    let failure = catch_read(|| -> std::result::Result<(), String> {
+        let reader = builder
+            .with_batch_size(BATCH_ROWS)
+            .with_projection(mask)
+            .build()
+            .map_err(|e| e.to_string())?;
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            for (c, column) in batch.columns().iter().enumerate() {
+                counts.add(column, counts.rows, batch.schema().field(c).name());
+            }
+            counts.rows += batch.num_rows() as u64;
+        }
+        Ok(())
+    })
+    .err();
+    if let Some(message) = failure {
+        let check = if message.contains("CRC") {
+            "page_checksum"
+        } else {
+            "pages"
+        };
+        report.error(
+            check,
+            format!("reading pages failed after {} rows: {message}", counts.rows),
+            Some("every page readable".into()),
+            Some(message),
+        );
+    }
+    report.info("non_finite", counts.non_finite);
+    if counts.non_finite > 0 {
+        report.error(
+            "finite",
+            format!(
+                "{} NaN or infinite value(s), the first in {}",
+                counts.non_finite,
+                counts.first_bad.as_deref().unwrap_or("?")
+            ),
+            Some("only finite values".into()),
+            Some(format!("{} non-finite", counts.non_finite)),
+        );
+    }
+    if counts.nulls > 0 {
+        report.error(
+            "nulls",
+            format!(
+                "{} null feature value(s), the first in {}",
+                counts.nulls,
+                counts.first_null.as_deref().unwrap_or("?")
+            ),
+            Some("no nulls".into()),
+            Some(format!("{} nulls", counts.nulls)),
+        );
+    }
+    Ok(())
+}
+
+/// The numpy dtype name of a feature column and its width (values per row; `None` for
+/// variable-length lists); `None` for a column that is not a feature.
+fn feature_column(t: &DataType) -> Option<(String, Option<u64>)> {
+    match t {
+        DataType::FixedSizeList(f, n) => {
+            let (d, w) = feature_column(f.data_type())?;
+            Some((d, w.map(|w| w * u64::try_from(*n).unwrap_or(0))))
+        }
+        DataType::List(f) | DataType::LargeList(f) => {
+            feature_column(f.data_type()).map(|(d, _)| (d, None))
+        }
+        DataType::Float16 => Some(("float16".into(), Some(1))),
+        DataType::Float32 => Some(("float32".into(), Some(1))),
+        DataType::Float64 => Some(("float64".into(), Some(1))),
+        DataType::Boolean => Some(("bool".into(), Some(1))),
+        t if t.is_integer() => Some((t.to_string().to_lowercase(), Some(1))),
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+struct FiniteCounts {
+    rows: u64,
+    non_finite: u64,
+    nulls: u64,
+    first_bad: Option<String>,
+    first_null: Option<String>,
+}
+
+impl FiniteCounts {
+    fn add(&mut self, array: &ArrayRef, offset: u64, column: &str) {
+        // A list's values are scanned flat; positions are reported per row of the table.
+        let (values, per_row): (ArrayRef, Option<usize>) = match array.data_type() {
+            DataType::FixedSizeList(_, n) => {
+                let list = array.as_fixed_size_list();
+                self.count_nulls(array, offset, column);
+                let start = list.offset() * usize::try_from(*n).unwrap_or(0);
+                let values = list
+                    .values()
+                    .slice(start, list.len() * usize::try_from(*n).unwrap_or(0));
+                (values, usize::try_from(*n).ok())
+            }
+            DataType::List(_) => {
+                self.count_nulls(array, offset, column);
+                (array.as_list::<i32>().values().clone(), None)
+            }
+            DataType::LargeList(_) => {
+                self.count_nulls(array, offset, column);
+                (array.as_list::<i64>().values().clone(), None)
+            }
+            _ => (array.clone(), Some(1)),
+        };
+        self.count_nulls(&values, offset, column);
+        let bad = match values.data_type() {
+            DataType::Float16 => {
+                first_non_finite(values.as_primitive::<Float16Type>(), |v| v.is_finite())
+            }
+            DataType::Float32 => {
+                first_non_finite(values.as_primitive::<Float32Type>(), |v| v.is_finite())
+            }
+            DataType::Float64 => {
+                first_non_finite(values.as_primitive::<Float64Type>(), |v| v.is_finite())
+            }
+            _ => (0, None),
+        };
+        if bad.0 > 0 {
+            self.non_finite += bad.0;
+            if self.first_bad.is_none() {
+                self.first_bad = bad.1.map(|i| match per_row {
+                    Some(w) if w > 0 => format!("column {column}, row {}", offset + (i / w) as u64),
+                    _ => format!("column {column}, value {i} of the batch at row {offset}"),
+                });
+            }
+        }
+    }
+
+    fn count_nulls(&mut self, array: &ArrayRef, offset: u64, column: &str) {
+        let n = array.null_count() as u64;
+        if n > 0 {
+            self.nulls += n;
+            if self.first_null.is_none() {
+                let at = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
+                self.first_null = Some(format!("column {column}, near row {}", offset + at as u64));
+            }
+        }
+    }
+}
+
+/// Counts non-finite non-null values; returns the count and the first index.
+fn first_non_finite<T: ArrowPrimitiveType>(
+    array: &PrimitiveArray<T>,
+    finite: impl Fn(T::Native) -> bool,
+) -> (u64, Option<usize>) {
+    let values = array.values();
+    let count = match array.nulls() {
+        // No nulls: a tight loop over the buffer that the compiler vectorises.
+        None => values.iter().filter(|v| !finite(**v)).count(),
+        Some(n) => values
+            .iter()
+            .zip(n.iter())
+            .filter(|(v, valid)| *valid && !finite(**v))
+            .count(),
+    } as u64;
+    if count == 0 {
+        return (0, None);
+    }
+    let first = (0..array.len()).find(|&i| array.is_valid(i) && !finite(values[i]));
+    (count, first)
 }
