@@ -345,3 +345,84 @@ fn validate_features_reports_every_file_and_exits_by_result() {
         Some(1)
     );
 }
+
+#[test]
+fn validate_table_applies_every_option() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/table/");
+    let good = format!("{fixtures}good_zstd.parquet");
+    let csv = format!("{fixtures}good.csv");
+    let nulls = format!("{fixtures}nulls.parquet");
+    let missing = format!("{fixtures}missing_files.parquet");
+    let all = [
+        "-q",
+        "validate",
+        "table",
+        "--require",
+        "id,path",
+        "--require",
+        "label",
+        "--min-rows",
+        "200",
+        "--max-rows",
+        "200",
+        "--not-null",
+        "id,path",
+        "--unique",
+        "id",
+        "--paths-exist",
+        "path",
+    ];
+    let mut args = all.to_vec();
+    args.extend([good.as_str(), csv.as_str()]);
+    let out = guardrails(&args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let mut args = vec!["--format", "json"];
+    args.extend(all);
+    args.extend([
+        "--quick",
+        good.as_str(),
+        nulls.as_str(),
+        missing.as_str(),
+        "/no/such.parquet",
+    ]);
+    let out = guardrails(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = v.as_array().unwrap();
+    assert_eq!(
+        reports.len(),
+        4,
+        "one report per file, the unreadable one too"
+    );
+    assert_eq!(reports[0]["ok"], true);
+    assert_eq!(reports[0]["info"]["rows"], 200);
+    assert_eq!(reports[1]["findings"][0]["check"], "not_null");
+    assert_eq!(reports[2]["findings"][0]["check"], "paths_exist");
+    assert_eq!(reports[3]["findings"][0]["check"], "open");
+    assert_eq!(reports[3]["ok"], false);
+
+    // --root moves where relative paths are looked for.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let root = elsewhere.path().to_str().unwrap();
+    let out = guardrails(&[
+        "-q",
+        "validate",
+        "table",
+        "--paths-exist",
+        "path",
+        "--root",
+        root,
+        &good,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error paths_exist"));
+
+    assert_eq!(guardrails(&["validate", "table"]).status.code(), Some(2));
+    assert_eq!(
+        guardrails(&["validate", "table", "--max-rows", "-1", &good])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -176,6 +176,19 @@ impl Report {
         }
     }
 
+    /// A failing report for a file that could not be read at all (missing, no permission),
+    /// so that a list of reports still holds one per file.
+    pub fn unreadable(path: &Path, kind: &'static str, err: &GuardrailError) -> Self {
+        let mut report = Self::new(path, Format::Unknown, kind);
+        report.error(
+            "open",
+            err.report().to_string(),
+            Some("a readable file".into()),
+            Some(err.to_string()),
+        );
+        report
+    }
+
     pub(crate) fn error(
         &mut self,
         check: &str,

@@ -36,6 +36,12 @@ impl Output {
         self.format
     }
 
+    /// Whether a progress bar may draw: stderr is a terminal (the colour test, which also
+    /// honours NO_COLOR, is the same question).
+    pub fn progress_allowed(&self) -> bool {
+        std::io::stderr().is_terminal()
+    }
+
     /// A success line on stdout (human format only).
     pub fn ok(&self, message: &str) {
         let label = paint("ok", GREEN, self.colour_out);

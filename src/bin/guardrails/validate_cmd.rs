@@ -1,16 +1,50 @@
 //! `guardrails validate …`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use guardrails::integrity::{DataIntegrityChecker, FeatureCheck, FindingSeverity, Report};
+use guardrails::integrity::{
+    DataIntegrityChecker, FeatureCheck, FindingSeverity, Report, TableCheck,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::Status;
 use crate::output::{Format, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum ValidateCommand {
-    /// Check feature files (NPY). Exit 0 when every file passes, 1 when any fails.
+    /// Check metadata tables (Parquet, Arrow IPC, CSV). Exit 0 when every file passes, 1
+    /// when any fails.
+    Table {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Columns that must be present (comma-separated, repeatable).
+        #[arg(long = "require", value_name = "COLS", value_delimiter = ',')]
+        require: Vec<String>,
+        /// Fewest rows.
+        #[arg(long, value_name = "N")]
+        min_rows: Option<u64>,
+        /// Most rows.
+        #[arg(long, value_name = "N")]
+        max_rows: Option<u64>,
+        /// Columns that must hold no null (comma-separated, repeatable).
+        #[arg(long = "not-null", value_name = "COLS", value_delimiter = ',')]
+        not_null: Vec<String>,
+        /// Columns whose values must all differ (comma-separated, repeatable).
+        #[arg(long = "unique", value_name = "COLS", value_delimiter = ',')]
+        unique: Vec<String>,
+        /// A column of file paths that must exist (repeatable).
+        #[arg(long = "paths-exist", value_name = "COL")]
+        paths_exist: Vec<String>,
+        /// The folder relative paths are resolved against (default: each table's folder).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Trust Parquet footer statistics for row and null counts instead of reading pages.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Check feature files (NPY, Parquet). Exit 0 when every file passes, 1 when any fails.
     Features {
         /// The files.
         #[arg(required = true)]
@@ -28,7 +62,40 @@ pub enum ValidateCommand {
 }
 
 pub fn run(cmd: ValidateCommand, out: &Output) -> Status {
+    let checker = DataIntegrityChecker::new();
     match cmd {
+        ValidateCommand::Table {
+            files,
+            require,
+            min_rows,
+            max_rows,
+            not_null,
+            unique,
+            paths_exist,
+            root,
+            quick,
+        } => {
+            let mut check = TableCheck::new()
+                .with_required_columns(require)
+                .with_not_null(not_null)
+                .with_unique(unique)
+                .with_quick(quick);
+            if let Some(n) = min_rows {
+                check = check.with_min_rows(n);
+            }
+            if let Some(n) = max_rows {
+                check = check.with_max_rows(n);
+            }
+            for column in paths_exist {
+                check = check.with_paths_exist(column);
+            }
+            if let Some(root) = root {
+                check = check.with_root(root);
+            }
+            each_file(&files, "table", out, |f| {
+                checker.validate_metadata_file(f, &check)
+            })
+        }
         ValidateCommand::Features {
             files,
             finite,
@@ -39,28 +106,52 @@ pub fn run(cmd: ValidateCommand, out: &Output) -> Status {
             if let Some(n) = min_rows {
                 check = check.with_min_rows(n);
             }
-            let checker = DataIntegrityChecker::new();
-            let mut reports = Vec::new();
-            let mut status = Status::Ok;
-            for file in &files {
-                match checker.validate_feature_file(file, &check) {
-                    Ok(report) => {
-                        if !report.ok {
-                            status = Status::CheckFailed;
-                        }
-                        reports.push(report);
-                    }
-                    // A file that cannot be opened fails like a damaged one.
-                    Err(e) => {
-                        status = Status::CheckFailed;
-                        out.problem(&file.display().to_string(), &e);
-                    }
-                }
-            }
-            show(&reports, out);
-            status
+            each_file(&files, "feature", out, |f| {
+                checker.validate_feature_file(f, &check)
+            })
         }
     }
+}
+
+/// Checks each file in turn, with a progress bar on a terminal, and shows the reports.
+/// A file that cannot be opened gets a failing report of its own, so the JSON array still
+/// holds one report per file.
+fn each_file(
+    files: &[PathBuf],
+    kind: &'static str,
+    out: &Output,
+    check: impl Fn(&Path) -> guardrails::Result<Report>,
+) -> Status {
+    let bar = progress(files.len(), out);
+    let mut reports = Vec::with_capacity(files.len());
+    for file in files {
+        bar.set_message(file.display().to_string());
+        let report = check(file).unwrap_or_else(|e| Report::unreadable(file, kind, &e));
+        reports.push(report);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    show(&reports, out);
+    if reports.iter().all(|r| r.ok) {
+        Status::Ok
+    } else {
+        Status::CheckFailed
+    }
+}
+
+/// A bar on stderr when it is a terminal and there is more than one file; hidden otherwise
+/// so pipes and CI logs stay clean.
+fn progress(files: usize, out: &Output) -> ProgressBar {
+    if files < 2 || !out.progress_allowed() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(files as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} files, {elapsed} {wide_msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn show(reports: &[Report], out: &Output) {
