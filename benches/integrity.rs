@@ -1,6 +1,8 @@
 //! Integrity benches. The NPY finite scan reads a 1 GB float32 file; the numpy peer
 //! (`np.isfinite(np.load(f, mmap_mode='r')).all()`) runs from `benches/peers/npy.sh` on the
-//! same file in the same run.
+//! same file in the same run. The 1M-row Parquet metadata check reads the tables that
+//! `benches/peers/make_parquet_1m.py` writes (pyarrow); its pandas peer, with peak memory,
+//! runs as whole processes from `benches/peers/parquet.sh`.
 
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
@@ -10,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use guardrails::integrity::{DataIntegrityChecker, FeatureCheck};
+use guardrails::integrity::{DataIntegrityChecker, FeatureCheck, TableCheck};
 
 const ROWS: u64 = 1 << 20;
 const COLS: u64 = 256; // 1 Mi rows × 256 float32 = 1 GiB of data
@@ -59,5 +61,58 @@ fn npy_finite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, npy_finite);
+/// The bench tables, made by the pyarrow script if they are not there yet.
+fn parquet_tables() -> Option<Vec<PathBuf>> {
+    let dir = std::env::var_os("GUARDRAILS_PARQUET_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("guardrails_bench"));
+    let mut tables = Vec::new();
+    for (name, flag) in [
+        ("meta_1m.parquet", None),
+        ("meta_1m_unique.parquet", Some("--unique")),
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.arg("benches/peers/make_parquet_1m.py").arg(&dir);
+            cmd.args(flag);
+            if !cmd.status().is_ok_and(|s| s.success()) {
+                eprintln!(
+                    "skipping the parquet bench: python3 with pyarrow is needed to make {name}"
+                );
+                return None;
+            }
+        }
+        tables.push(path);
+    }
+    Some(tables)
+}
+
+fn parquet_metadata(c: &mut Criterion) {
+    let Some(tables) = parquet_tables() else {
+        return;
+    };
+    let checker = DataIntegrityChecker::new();
+    let check = TableCheck::new()
+        .with_required_columns(["id", "path", "label"])
+        .with_min_rows(1_000_000)
+        .with_not_null(["id", "path", "label"])
+        .with_paths_exist("path");
+    let mut g = c.benchmark_group("parquet_metadata_1m_rows");
+    g.sample_size(10)
+        .throughput(Throughput::Elements(1_000_000));
+    for (table, label) in tables.iter().zip(["10k_files", "1m_files"]) {
+        assert!(checker.validate_metadata_file(table, &check).unwrap().ok);
+        g.bench_function(format!("full_scan_{label}"), |b| {
+            b.iter(|| black_box(checker.validate_metadata_file(table, &check).unwrap().ok))
+        });
+        let quick = check.clone().with_quick(true);
+        g.bench_function(format!("quick_{label}"), |b| {
+            b.iter(|| black_box(checker.validate_metadata_file(table, &quick).unwrap().ok))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, npy_finite, parquet_metadata);
 criterion_main!(benches);

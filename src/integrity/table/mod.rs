@@ -402,14 +402,15 @@ pub(crate) fn check_rows(rows: u64, check: &TableCheck, report: &mut Report) {
 /// The value-level checks, fed one batch at a time; findings come out in [`finish`](Self::finish).
 pub(crate) struct TableScan<'a> {
     check: &'a TableCheck,
-    table_dir: PathBuf,
+    root: PathBuf,
     rows: u64,
     /// Null counts per not-null column; columns answered by footer statistics are absent.
     nulls: Vec<(String, u64, Option<u64>)>,
     scan_nulls: BTreeSet<String>,
     unique: HashMap<String, UniqueState>,
     allowed: Vec<ValueViolations>,
-    paths: Vec<Vec<String>>,
+    /// One checker per path column, fed batch by batch.
+    paths: Vec<refs::PathChecker>,
     batch_failures: Vec<(u64, Option<String>)>,
     kept: Option<Vec<RecordBatch>>,
 }
@@ -431,13 +432,13 @@ struct ValueViolations {
 
 impl<'a> TableScan<'a> {
     pub(crate) fn new(path: &Path, check: &'a TableCheck, keep: bool) -> Self {
-        let table_dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let root = check.root.clone().unwrap_or_else(|| {
+            path.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        });
         Self {
             check,
-            table_dir,
             rows: 0,
             nulls: Vec::new(),
             scan_nulls: check.not_null.iter().cloned().collect(),
@@ -451,7 +452,12 @@ impl<'a> TableScan<'a> {
                     problem: None,
                 })
                 .collect(),
-            paths: vec![Vec::new(); check.paths_columns.len()],
+            paths: check
+                .paths_columns
+                .iter()
+                .map(|_| refs::PathChecker::new(&root, check.max_examples))
+                .collect(),
+            root,
             batch_failures: vec![(0, None); check.batch_checks.len()],
             kept: keep.then(Vec::new),
         }
@@ -515,8 +521,7 @@ impl<'a> TableScan<'a> {
             if let Ok(idx) = schema.index_of(column)
                 && let Ok(strings) = arrow_cast::cast(batch.column(idx), &DataType::Utf8)
             {
-                let strings = strings.as_string::<i32>();
-                paths.extend(strings.iter().flatten().map(str::to_string));
+                paths.add(strings.as_string::<i32>().iter().flatten());
             }
         }
         for (i, (_, f)) in self.check.batch_checks.iter().enumerate() {
@@ -619,12 +624,12 @@ impl<'a> TableScan<'a> {
                 );
             }
         }
-        let root = check.root.clone().unwrap_or(self.table_dir.clone());
-        for (column, paths) in check.paths_columns.iter().zip(&self.paths) {
+        let root = &self.root;
+        for (column, paths) in check.paths_columns.iter().zip(self.paths) {
             if schema.field_with_name(column).is_err() {
                 continue;
             }
-            let outcome = refs::check_paths_exist(&root, paths, check.max_examples);
+            let outcome = paths.finish();
             report.info(&format!("paths_checked.{column}"), outcome.checked);
             if outcome.missing > 0 {
                 report.error(
