@@ -192,7 +192,7 @@ impl PathChecker {
         for (i, &p) in paths.iter().enumerate() {
             let exists = match (answered[i], stated.get(p)) {
                 (Some(e), _) | (None, Some(&e)) => e,
-                (None, None) => self.from_listing(p),
+                (None, None) => self.exists_after_listing(p),
             };
             if !exists {
                 self.outcome.missing += 1;
@@ -206,7 +206,7 @@ impl PathChecker {
     }
 
     /// A path whose folder was listed during this batch (or could not be).
-    fn from_listing(&self, p: &str) -> bool {
+    fn exists_after_listing(&self, p: &str) -> bool {
         let (folder, name) = split(p);
         if let Some(Folder::Listed(names)) = self.folders.get(folder)
             && plain(name)
