@@ -2,7 +2,8 @@
 //! them, with a report that names the file, the check, what was expected and what was found.
 //!
 //! It reads metadata tables (Parquet, Arrow IPC file and stream, CSV) against a
-//! [`TableCheck`], feature files (NPY versions 1–3) against a [`FeatureCheck`], and checks
+//! [`TableCheck`], feature files (NPY versions 1–3, Parquet) against a [`FeatureCheck`],
+//! videos (MP4/MOV, Matroska/WebM, AVI) against a [`VideoCheck`], and checks
 //! that the files a table names exist and that its ids appear in another table
 //! ([`ConsistencyCheck`]). Every check of a file runs to the end and reports every
 //! finding, not only the first. The format comes from the file's first bytes; an
@@ -32,6 +33,7 @@
 mod npy;
 mod refs;
 mod table;
+mod video;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -45,6 +47,7 @@ use crate::error::{GuardrailError, Result};
 
 pub use npy::FeatureCheck;
 pub use table::{AllowedValues, BatchCheckFn, TableCheck};
+pub use video::VideoCheck;
 
 /// A file format, as its first bytes tell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -284,6 +287,25 @@ impl DataIntegrityChecker {
 }
 
 impl DataIntegrityChecker {
+    /// Checks a video container (MP4/MOV, Matroska/WebM, AVI) for truncation and damage,
+    /// and optionally decodes it with ffmpeg. A file that cannot be opened is an error;
+    /// everything wrong inside it is a finding in the report.
+    pub fn validate_video_file(
+        &self,
+        path: impl AsRef<Path>,
+        check: &VideoCheck,
+    ) -> Result<Report> {
+        let path = path.as_ref();
+        let mut file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| GuardrailError::io(path, e))?
+            .len();
+        let mut report = open_report(path, &mut file, len, "video")?;
+        video::check(path, file, len, check, &mut report)?;
+        Ok(report)
+    }
+
     /// Checks a metadata table (Parquet, Arrow IPC file or stream, CSV). A file that cannot
     /// be opened is an error; everything wrong inside it is a finding in the report.
     pub fn validate_metadata_file(
