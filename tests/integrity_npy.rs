@@ -3,29 +3,23 @@
 //! every prefix of a good file fails without panicking.
 #![cfg(feature = "data")]
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::failed_checks;
 
 use guardrails::integrity::{DataIntegrityChecker, FeatureCheck, FindingSeverity, Format, Report};
 use guardrails::prelude::*;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/npy")
-        .join(name)
+    common::fixture("npy", name)
 }
 
 fn check(name: &str, check: &FeatureCheck) -> Report {
     DataIntegrityChecker::new()
         .validate_feature_file(fixture(name), check)
         .unwrap()
-}
-
-fn failed_checks(r: &Report) -> Vec<&str> {
-    r.findings
-        .iter()
-        .filter(|f| f.severity == FindingSeverity::Error)
-        .map(|f| f.check.as_str())
-        .collect()
 }
 
 #[test]

@@ -4,18 +4,19 @@
 //! check, and every prefix of a good file fails without panicking.
 #![cfg(feature = "data")]
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{failed_checks, warnings};
 
 use arrow_schema::DataType;
 use guardrails::integrity::{
-    AllowedValues, ConsistencyCheck, DataIntegrityChecker, FindingSeverity, Format, Report,
-    TableCheck,
+    AllowedValues, ConsistencyCheck, DataIntegrityChecker, Format, Report, TableCheck,
 };
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/table")
-        .join(name)
+    common::fixture("table", name)
 }
 
 fn run(path: impl Into<PathBuf>, check: &TableCheck) -> Report {
@@ -26,22 +27,6 @@ fn run(path: impl Into<PathBuf>, check: &TableCheck) -> Report {
 
 fn check(name: &str, check: &TableCheck) -> Report {
     run(fixture(name), check)
-}
-
-fn failed_checks(r: &Report) -> Vec<&str> {
-    r.findings
-        .iter()
-        .filter(|f| f.severity == FindingSeverity::Error)
-        .map(|f| f.check.as_str())
-        .collect()
-}
-
-fn warnings(r: &Report) -> Vec<&str> {
-    r.findings
-        .iter()
-        .filter(|f| f.severity == FindingSeverity::Warning)
-        .map(|f| f.check.as_str())
-        .collect()
 }
 
 /// Everything the fixtures' good table satisfies.

@@ -4,15 +4,17 @@
 //! (or, for fragmented MP4 cut between fragments, reports fewer frames) without panicking.
 #![cfg(feature = "data")]
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::failed_checks;
 use std::time::Duration;
 
-use guardrails::integrity::{DataIntegrityChecker, FindingSeverity, Format, Report, VideoCheck};
+use guardrails::integrity::{DataIntegrityChecker, Format, Report, VideoCheck};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/video")
-        .join(name)
+    common::fixture("video", name)
 }
 
 fn run(path: impl Into<PathBuf>, check: &VideoCheck) -> Report {
@@ -23,14 +25,6 @@ fn run(path: impl Into<PathBuf>, check: &VideoCheck) -> Report {
 
 fn check(name: &str) -> Report {
     run(fixture(name), &VideoCheck::new())
-}
-
-fn failed_checks(r: &Report) -> Vec<&str> {
-    r.findings
-        .iter()
-        .filter(|f| f.severity == FindingSeverity::Error)
-        .map(|f| f.check.as_str())
-        .collect()
 }
 
 const GOOD: &[(&str, &str, &str)] = &[

@@ -266,12 +266,7 @@ impl DataIntegrityChecker {
         check: &FeatureCheck,
     ) -> Result<Report> {
         let path = path.as_ref();
-        let mut file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| GuardrailError::io(path, e))?
-            .len();
-        let mut report = open_report(path, &mut file, len, "feature")?;
+        let (_, len, mut report) = open_report(path, "feature")?;
         match report.format {
             Format::Npy => npy::check(path, len, check, &mut report)?,
             Format::Parquet => table::check_parquet_features(path, check, &mut report)?,
@@ -296,12 +291,7 @@ impl DataIntegrityChecker {
         check: &VideoCheck,
     ) -> Result<Report> {
         let path = path.as_ref();
-        let mut file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| GuardrailError::io(path, e))?
-            .len();
-        let mut report = open_report(path, &mut file, len, "video")?;
+        let (file, len, mut report) = open_report(path, "video")?;
         video::check(path, file, len, check, &mut report)?;
         Ok(report)
     }
@@ -336,13 +326,8 @@ impl DataIntegrityChecker {
         check: &TableCheck,
         keep: bool,
     ) -> Result<(Report, Option<Vec<RecordBatch>>)> {
-        let mut file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| GuardrailError::io(path, e))?
-            .len();
-        let mut report = open_report(path, &mut file, len, "table")?;
-        drop(file);
+        // The readers open the file again with what each needs (buffered, seekable).
+        let (_, _, mut report) = open_report(path, "table")?;
         let batches = table::check_table(path, report.format, check, keep, &mut report)?;
         Ok((report, batches))
     }
@@ -527,15 +512,15 @@ impl ConsistencyCheck {
     }
 }
 
-/// Detects the format from the first 4 KiB and starts the report.
-fn open_report(
-    path: &Path,
-    file: &mut std::fs::File,
-    len: u64,
-    kind: &'static str,
-) -> Result<Report> {
+/// Opens a file, detects its format from the first 4 KiB and starts its report.
+fn open_report(path: &Path, kind: &'static str) -> Result<(std::fs::File, u64, Report)> {
+    let mut file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| GuardrailError::io(path, e))?
+        .len();
     let mut head = [0u8; 4096];
-    let n = read_up_to(file, &mut head).map_err(|e| GuardrailError::io(path, e))?;
+    let n = read_up_to(&mut file, &mut head).map_err(|e| GuardrailError::io(path, e))?;
     let format = Format::detect(&head[..n]);
     let mut report = Report::new(path, format, kind);
     report.info("file_bytes", len);
@@ -547,7 +532,7 @@ fn open_report(
             format!("the extension says {by_name:?} but the content is {format:?}"),
         );
     }
-    Ok(report)
+    Ok((file, len, report))
 }
 
 /// Runs a third-party parser so that a panic on hostile bytes becomes a finding, not a
