@@ -426,3 +426,27 @@ fn validate_table_applies_every_option() {
         Some(2)
     );
 }
+
+#[test]
+fn validate_video_reports_each_file() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/video/");
+    let good = format!("{fixtures}h264.mp4");
+    let mkv = format!("{fixtures}h264.mkv");
+    let cut = format!("{fixtures}cut_half.mp4");
+    let out = guardrails(&["-q", "validate", "video", &good, &mkv]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = guardrails(&[
+        "-q", "--format", "json", "validate", "video", "--decode", &good, &cut,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[0]["info"]["frame_count"], 12);
+    // --decode ran ffmpeg, or the report says it is not installed.
+    let decoded = &v[0]["info"]["decoded"];
+    assert!(decoded.is_boolean(), "{v}");
+    assert_eq!(v[1]["ok"], false);
+    assert_eq!(v[1]["findings"][0]["check"], "truncated");
+    assert_eq!(guardrails(&["validate", "video"]).status.code(), Some(2));
+}

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use guardrails::integrity::{
-    DataIntegrityChecker, FeatureCheck, FindingSeverity, Report, TableCheck,
+    DataIntegrityChecker, FeatureCheck, FindingSeverity, Report, TableCheck, VideoCheck,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -43,6 +43,16 @@ pub enum ValidateCommand {
         /// Trust Parquet footer statistics for row and null counts instead of reading pages.
         #[arg(long)]
         quick: bool,
+    },
+    /// Check videos (MP4/MOV, MKV/WebM, AVI) for truncation and damage. Exit 0 when every
+    /// file passes, 1 when any fails.
+    Video {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also decode every frame with ffmpeg (when it is on PATH; the report says if not).
+        #[arg(long)]
+        decode: bool,
     },
     /// Check feature files (NPY, Parquet). Exit 0 when every file passes, 1 when any fails.
     Features {
@@ -94,6 +104,12 @@ pub fn run(cmd: ValidateCommand, out: &Output) -> Status {
             }
             each_file(&files, "table", out, |f| {
                 checker.validate_metadata_file(f, &check)
+            })
+        }
+        ValidateCommand::Video { files, decode } => {
+            let check = VideoCheck::new().with_decode(decode);
+            each_file(&files, "video", out, |f| {
+                checker.validate_video_file(f, &check)
             })
         }
         ValidateCommand::Features {
