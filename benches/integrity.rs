@@ -2,7 +2,8 @@
 //! (`np.isfinite(np.load(f, mmap_mode='r')).all()`) runs from `benches/peers/npy.sh` on the
 //! same file in the same run. The 1M-row Parquet metadata check reads the tables that
 //! `benches/peers/make_parquet_1m.py` writes (pyarrow); its pandas peer, with peak memory,
-//! runs as whole processes from `benches/peers/parquet.sh`.
+//! runs as whole processes from `benches/peers/parquet.sh`. The video probe times an
+//! `ffprobe -show_format -show_streams` process per file in the same group.
 
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
@@ -12,7 +13,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use guardrails::integrity::{DataIntegrityChecker, FeatureCheck, TableCheck};
+use guardrails::integrity::{DataIntegrityChecker, FeatureCheck, TableCheck, VideoCheck};
 
 const ROWS: u64 = 1 << 20;
 const COLS: u64 = 256; // 1 Mi rows × 256 float32 = 1 GiB of data
@@ -114,5 +115,43 @@ fn parquet_metadata(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, npy_finite, parquet_metadata);
+/// The bench videos, made with ffmpeg if they are not there yet.
+fn bench_videos() -> Option<PathBuf> {
+    let out = std::process::Command::new("bash")
+        .arg("benches/peers/make_videos.sh")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn video_probe(c: &mut Criterion) {
+    let Some(dir) = bench_videos() else {
+        eprintln!("skipping the video bench: ffmpeg is needed to make the clips");
+        return;
+    };
+    let checker = DataIntegrityChecker::new();
+    let check = VideoCheck::new();
+    let mut g = c.benchmark_group("video_probe_60s_720p");
+    for name in ["clip.mp4", "clip.mkv", "clip.avi"] {
+        let path = dir.join(name);
+        assert!(checker.validate_video_file(&path, &check).unwrap().ok);
+        g.bench_function(format!("guardrails/{name}"), |b| {
+            b.iter(|| black_box(checker.validate_video_file(&path, &check).unwrap().ok))
+        });
+        g.bench_function(format!("ffprobe_process/{name}"), |b| {
+            b.iter(|| {
+                let out = std::process::Command::new("ffprobe")
+                    .args(["-v", "error", "-show_format", "-show_streams"])
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                black_box(out.status.success())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, npy_finite, parquet_metadata, video_probe);
 criterion_main!(benches);
