@@ -41,7 +41,7 @@
 //! | feature | turns on |
 //! |---|---|
 //! | *(none)* | errors, clock, config, resources and health, timeouts, retry, circuit breaker, bulkhead, rate limiter, cache, JSON guard (without schemas) |
-//! | `data` | data integrity checks (NPY feature files so far; Parquet, Arrow IPC, CSV and video next) |
+//! | `data` | data integrity checks: Parquet, Arrow IPC and CSV tables, NPY and Parquet features, MP4/MKV/AVI videos |
 //! | `gpu` | NVIDIA GPU memory through NVML |
 //! | `json` | JSON Schema validation in the LLM JSON guard |
 //! | `async` | tokio variants of the blocking APIs |
