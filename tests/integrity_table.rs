@@ -401,15 +401,16 @@ fn a_missing_file_is_an_io_error() {
 fn every_prefix_of_a_good_table_fails() {
     let dir = tempfile::tempdir().unwrap();
     let check = TableCheck::new().with_min_rows(200).with_not_null(["id"]);
-    for name in [
-        "good_snappy.parquet",
-        "good_v2.parquet",
-        "checksums.parquet",
-        "nested.parquet",
-        "good_lz4.arrow",
-        "good.arrows",
-        "good.csv",
-    ] {
+    for name in GOOD
+        .iter()
+        .copied()
+        .chain(["bom.csv", "quoted_newlines.csv"])
+    {
+        let check = if name == "quoted_newlines.csv" {
+            TableCheck::new().with_min_rows(3)
+        } else {
+            check.clone()
+        };
         let bytes = std::fs::read(fixture(name)).unwrap();
         let target = dir.path().join(name);
         // Every length for the small files, a dense sample for the larger ones.
@@ -419,6 +420,17 @@ fn every_prefix_of_a_good_table_fails() {
             let r = run(&target, &check);
             assert!(!r.ok, "{name} cut at {len} of {} passed", bytes.len());
         }
+    }
+    // A Parquet feature table, through the feature check.
+    let bytes = std::fs::read(fixture("features_ok.parquet")).unwrap();
+    let target = dir.path().join("features_ok.parquet");
+    let features = guardrails::integrity::FeatureCheck::new().with_min_rows(50);
+    for len in 0..bytes.len() {
+        std::fs::write(&target, &bytes[..len]).unwrap();
+        let r = DataIntegrityChecker::new()
+            .validate_feature_file(&target, &features)
+            .unwrap();
+        assert!(!r.ok, "features_ok.parquet cut at {len} passed");
     }
 }
 
