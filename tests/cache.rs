@@ -156,7 +156,7 @@ proptest! {
         capacity in 1usize..8,
         default_ttl in prop::option::of(5u64..60),
         tti in prop::option::of(5u64..60),
-        ops in prop::collection::vec(op(), 1..120),
+        ops in prop::collection::vec(op(), 1..400),
     ) {
         let clock = ManualClock::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
