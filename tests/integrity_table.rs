@@ -525,3 +525,16 @@ fn parquet_feature_tables_are_scanned() {
     let r = feature("cut_half.parquet", &FeatureCheck::new());
     assert_eq!(failed_checks(&r), ["footer"]);
 }
+
+/// Found by the `integrity_files` fuzz target: an IPC stream on which arrow-buffer panics.
+/// The panic is caught and the file fails.
+#[test]
+fn a_panicking_reader_gives_a_failing_report() {
+    let r = check("fuzz_ipc_panic.arrows", &TableCheck::new());
+    assert!(!r.ok);
+    assert!(
+        r.findings.iter().any(|f| f.message.contains("panicked")),
+        "{:#?}",
+        r.findings
+    );
+}
