@@ -60,6 +60,7 @@ const GOOD: &[&str] = &[
     "good_lz4.arrow",
     "good_zstd.arrow",
     "good.arrows",
+    "good_lz4.arrows",
     "good.csv",
 ];
 
@@ -537,4 +538,34 @@ fn a_panicking_reader_gives_a_failing_report() {
         "{:#?}",
         r.findings
     );
+}
+
+/// Found by the fuzz target: an IPC file whose footer lists a message that arrow-ipc reads
+/// (it parses past the metadata into the body) and whose compressed buffer declares 40 GiB,
+/// which would abort the process. Metadata that does not verify is refused before reading.
+#[test]
+fn unverifiable_ipc_metadata_is_refused() {
+    let r = check("fuzz_ipc_huge_buffer.arrow", &TableCheck::new());
+    assert_eq!(failed_checks(&r), ["footer"], "{:#?}", r.findings);
+}
+
+/// A compressed buffer whose length prefix declares more than can be allocated is refused
+/// before arrow-ipc allocates it; both in a stream and in a file.
+#[test]
+fn a_hostile_declared_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["good_lz4.arrows", "good_lz4.arrow"] {
+        let mut bytes = std::fs::read(fixture(name)).unwrap();
+        // Each lz4-compressed buffer is an 8-byte uncompressed length, then an LZ4 frame.
+        let frame = bytes
+            .windows(4)
+            .position(|w| w == [0x04, 0x22, 0x4D, 0x18])
+            .expect("an LZ4 frame");
+        bytes[frame - 8..frame].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let target = dir.path().join(name);
+        std::fs::write(&target, &bytes).unwrap();
+        let r = run(&target, &TableCheck::new());
+        assert_eq!(failed_checks(&r), ["buffers"], "{name}: {:#?}", r.findings);
+        assert_eq!(r.findings[0].found.as_deref(), Some("1099511627776 bytes"));
+    }
 }

@@ -11,14 +11,17 @@ use arrow_schema::{ArrowError, SchemaRef};
 
 use super::{TableScan, TableSource, check_rows, check_schema};
 use crate::error::{GuardrailError, Result};
-use crate::integrity::{Report, catch_read};
+use crate::integrity::{Report, catch_panic, catch_read};
 
 pub(super) fn check_file(
     src: &TableSource<'_>,
     report: &mut Report,
 ) -> Result<Option<Vec<RecordBatch>>> {
     let path = src.path;
-    let file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+    let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
+    if !sizes_are_sane(&mut file, None, report).map_err(|e| GuardrailError::io(path, e))? {
+        return Ok(None);
+    }
     let reader = match catch_read(|| FileReader::try_new_buffered(file, None)) {
         Ok(r) => r,
         Err(e) => {
@@ -43,6 +46,9 @@ pub(super) fn check_stream(
     let path = src.path;
     let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
     let complete = ends_with_eos(&mut file).map_err(|e| GuardrailError::io(path, e))?;
+    if !sizes_are_sane(&mut file, Some(0), report).map_err(|e| GuardrailError::io(path, e))? {
+        return Ok(None);
+    }
     let reader = match catch_read(|| StreamReader::try_new(BufReader::new(file), None)) {
         Ok(r) => r,
         Err(e) => {
@@ -89,6 +95,204 @@ fn scan(
     }
     check_rows(scan.rows(), src.check, report);
     Ok(scan.finish(&schema, report))
+}
+
+/// The largest uncompressed size a compressed buffer may declare. arrow-ipc allocates the
+/// declared size before decompressing; a hostile size past what the allocator can give
+/// aborts the process, which no `catch_unwind` can stop. Arrow arrays use 32-bit offsets
+/// for most types, so a legitimate buffer past 2 GiB is rare; such a file is refused.
+const MAX_DECLARED: i64 = 1 << 31;
+/// Message metadata (a flatbuffer) is small; more than this is not a real message.
+const MAX_METADATA: i64 = 16 << 20;
+
+/// What one message's check found.
+enum Step {
+    /// The message is fine; the next one starts here.
+    Next(u64),
+    /// Not a message this walk can follow (arrow-ipc will say what is wrong).
+    Stop,
+    /// A buffer at this offset declares this many bytes.
+    Bad(u64, i64),
+    /// The metadata at this offset does not verify as a flatbuffer message.
+    Unverifiable(u64),
+}
+
+/// Reads exactly `buf.len()` bytes at `at`, or says there are not that many.
+fn read_at(file: &mut File, len: u64, at: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+    // Offsets come from the file: past its end (or past what seek takes) is no data.
+    if at.saturating_add(buf.len() as u64) > len {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(at))?;
+    Ok(crate::integrity::read_up_to(file, buf)? == buf.len())
+}
+
+/// Checks the message at `at`: its compressed buffers' declared sizes. A file's footer
+/// says where the body starts (`body`); in a stream it follows the metadata.
+fn check_message(file: &mut File, len: u64, at: u64, body: Option<u64>) -> std::io::Result<Step> {
+    let mut head = [0u8; 8];
+    if !read_at(file, len, at, &mut head)? {
+        return Ok(Step::Stop);
+    }
+    let first = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let (meta_len, header) = if first == -1 {
+        (
+            i64::from(i32::from_le_bytes([head[4], head[5], head[6], head[7]])),
+            8,
+        )
+    } else {
+        (i64::from(first), 4)
+    };
+    if meta_len <= 0 || meta_len > MAX_METADATA {
+        return Ok(Step::Stop);
+    }
+    let meta_start = at + header;
+    // The file reader parses the metadata up to where its footer block says the body
+    // starts, whatever the prefix says; the stream reader trusts the prefix.
+    let meta_len = match body {
+        Some(b) => i64::try_from(b.saturating_sub(meta_start))
+            .unwrap_or(0)
+            .min(MAX_METADATA),
+        None => meta_len,
+    };
+    let mut meta = vec![0u8; usize::try_from(meta_len).unwrap_or(0)];
+    if !read_at(file, len, meta_start, &mut meta)? {
+        return Ok(Step::Stop);
+    }
+    let Ok(Ok(message)) = catch_panic(|| arrow_ipc::root_as_message(&meta)) else {
+        return Ok(if body.is_some() {
+            Step::Unverifiable(at)
+        } else {
+            Step::Stop
+        });
+    };
+    let body_start = body.unwrap_or(meta_start + meta.len() as u64);
+    let Ok(body_len) = u64::try_from(message.bodyLength()) else {
+        return Ok(Step::Stop);
+    };
+    let batch = message
+        .header_as_record_batch()
+        .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+    if let Some(batch) = batch
+        && batch.compression().is_some()
+        && let Some(buffers) = batch.buffers()
+    {
+        for b in buffers.iter() {
+            let Ok(offset) = u64::try_from(b.offset()) else {
+                continue;
+            };
+            let mut prefix = [0u8; 8];
+            let at = body_start.saturating_add(offset);
+            if b.length() < 8 || !read_at(file, len, at, &mut prefix)? {
+                continue;
+            }
+            let declared = i64::from_le_bytes(prefix);
+            if !(-1..=MAX_DECLARED).contains(&declared) {
+                return Ok(Step::Bad(at, declared));
+            }
+        }
+    }
+    Ok(Step::Next(body_start.saturating_add(body_len)))
+}
+
+/// Checks every message arrow-ipc will decode, before it does: in a stream, one after
+/// another from `start`; in a file (`start` = None), the blocks its footer lists, since
+/// that is what the file reader follows. Returns false (with a finding) only for a size
+/// that must not reach the allocator; anything else odd is left for arrow-ipc to report.
+fn sizes_are_sane(
+    file: &mut File,
+    start: Option<u64>,
+    report: &mut Report,
+) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    let mut bad = None;
+    match start {
+        Some(mut at) => loop {
+            match check_message(file, len, at, None)? {
+                Step::Next(next) if next > at => at = next,
+                Step::Bad(offset, declared) => {
+                    bad = Some((offset, declared));
+                    break;
+                }
+                _ => break,
+            }
+        },
+        None => {
+            let mut tail = [0u8; 10];
+            if len >= 10 && read_at(file, len, len - 10, &mut tail)? {
+                let footer_len =
+                    u64::try_from(i32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]))
+                        .unwrap_or(0);
+                let mut footer =
+                    vec![0u8; usize::try_from(footer_len.min(MAX_METADATA as u64)).unwrap_or(0)];
+                if footer_len <= MAX_METADATA as u64
+                    && read_at(
+                        file,
+                        len,
+                        (len - 10).saturating_sub(footer_len),
+                        &mut footer,
+                    )?
+                    && let Ok(Ok(f)) = catch_panic(|| arrow_ipc::root_as_footer(&footer))
+                {
+                    let blocks = f
+                        .dictionaries()
+                        .into_iter()
+                        .flatten()
+                        .chain(f.recordBatches().into_iter().flatten());
+                    for block in blocks {
+                        // arrow-ipc allocates metadata + body zeroed before reading them.
+                        let at = u64::try_from(block.offset()).ok();
+                        let meta = u64::try_from(block.metaDataLength()).ok();
+                        let body = u64::try_from(block.bodyLength()).ok();
+                        let (Some(at), Some(meta), Some(body)) = (at, meta, body) else {
+                            bad = Some((len - 10, -1));
+                            break;
+                        };
+                        if at.saturating_add(meta).saturating_add(body) > len {
+                            report.error(
+                                "footer",
+                                format!("a footer block ({meta} + {body} bytes at byte {at}) runs past the end of the {len}-byte file"),
+                                Some("blocks inside the file".into()),
+                                Some(format!("{} bytes", at.saturating_add(meta).saturating_add(body))),
+                            );
+                            file.seek(SeekFrom::Start(0))?;
+                            return Ok(false);
+                        }
+                        match check_message(file, len, at, Some(at + meta))? {
+                            Step::Bad(offset, declared) => {
+                                bad = Some((offset, declared));
+                                break;
+                            }
+                            Step::Unverifiable(offset) => {
+                                report.error(
+                                    "footer",
+                                    format!("the message at byte {offset} that the footer lists is not valid metadata"),
+                                    Some("a valid IPC message".into()),
+                                    Some("unverifiable bytes".into()),
+                                );
+                                file.seek(SeekFrom::Start(0))?;
+                                return Ok(false);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    if let Some((offset, declared)) = bad {
+        report.error(
+            "buffers",
+            format!(
+                "a compressed buffer at byte {offset} declares {declared} bytes uncompressed: damaged or hostile"
+            ),
+            Some(format!("at most {MAX_DECLARED} bytes")),
+            Some(format!("{declared} bytes")),
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// A closed stream ends with the continuation marker and a zero length. The pre-0.15 form
