@@ -212,3 +212,11 @@ fn random_bytes_fail_cleanly() {
         assert!(!r.ok, "random file {i} passed: {:#?}", r.info);
     }
 }
+
+/// Found by the `integrity_files` fuzz target: an AVI chunk header whose size field made a
+/// subtraction underflow. It must give a failing report.
+#[test]
+fn a_fuzzed_avi_fails_cleanly() {
+    let r = check("fuzz_avi_overflow.avi");
+    assert!(!r.ok, "{:#?}", r.findings);
+}

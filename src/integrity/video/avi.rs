@@ -65,7 +65,10 @@ pub(super) fn check(src: &mut Source, report: &mut Report) -> std::io::Result<Ve
             } else {
                 report.warning(
                     "trailing_data",
-                    format!("{} bytes after the last RIFF chunk", src.len - riff_at),
+                    format!(
+                        "{} bytes after the last RIFF chunk",
+                        src.len.saturating_sub(riff_at)
+                    ),
                 );
             }
             break;
@@ -74,7 +77,13 @@ pub(super) fn check(src: &mut Source, report: &mut Report) -> std::io::Result<Ve
         let size = u64::from(le32(&head, 4).unwrap_or(0));
         let end = riff_at + 8 + size;
         if end > src.len {
-            truncated(report, "RIFF", riff_at, size, src.len - riff_at - 8);
+            truncated(
+                report,
+                "RIFF",
+                riff_at,
+                size,
+                src.len.saturating_sub(riff_at + 8),
+            );
         }
         let end = end.min(src.len);
         let mut at = riff_at + 12;
@@ -94,7 +103,7 @@ pub(super) fn check(src: &mut Source, report: &mut Report) -> std::io::Result<Ve
                 } else {
                     format!("chunk {name}")
                 };
-                truncated(report, &what, at, size, end - at - 8);
+                truncated(report, &what, at, size, end.saturating_sub(at + 8));
             }
             match (&id, h.get(8..12)) {
                 (b"LIST", Some(b"hdrl")) if riffs == 1 => {
