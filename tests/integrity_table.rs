@@ -547,6 +547,10 @@ fn a_panicking_reader_gives_a_failing_report() {
 fn unverifiable_ipc_metadata_is_refused() {
     let r = check("fuzz_ipc_huge_buffer.arrow", &TableCheck::new());
     assert_eq!(failed_checks(&r), ["footer"], "{:#?}", r.findings);
+    // Also found by fuzzing: a dictionary batch whose message prefix and body length were
+    // damaged (the file reader ignores both) and whose buffer declares 7.3 EiB.
+    let r = check("fuzz_ipc_dictionary_size.arrow", &TableCheck::new());
+    assert_eq!(failed_checks(&r), ["buffers"], "{:#?}", r.findings);
 }
 
 /// A compressed buffer whose length prefix declares more than can be allocated is refused

@@ -130,45 +130,44 @@ fn read_at(file: &mut File, len: u64, at: u64, buf: &mut [u8]) -> std::io::Resul
 /// Checks the message at `at`: its compressed buffers' declared sizes. A file's footer
 /// says where the body starts (`body`); in a stream it follows the metadata.
 fn check_message(file: &mut File, len: u64, at: u64, body: Option<u64>) -> std::io::Result<Step> {
+    // In a file, arrow-ipc reads whatever the footer points at, so anything this walk
+    // cannot follow there is refused; in a stream, arrow-ipc stops where this walk does.
+    let stop = if body.is_some() {
+        Step::Unverifiable(at)
+    } else {
+        Step::Stop
+    };
     let mut head = [0u8; 8];
     if !read_at(file, len, at, &mut head)? {
-        return Ok(Step::Stop);
+        return Ok(stop);
     }
     let first = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let (meta_len, header) = if first == -1 {
-        (
-            i64::from(i32::from_le_bytes([head[4], head[5], head[6], head[7]])),
-            8,
-        )
-    } else {
-        (i64::from(first), 4)
+    let header = if first == -1 { 8 } else { 4 };
+    let meta_start = at + header;
+    let meta_len = match body {
+        // The file reader parses from after the prefix to where the footer block says the
+        // body starts, whatever length the prefix gives.
+        Some(b) => i64::try_from(b.saturating_sub(meta_start)).unwrap_or(i64::MAX),
+        None if first == -1 => i64::from(i32::from_le_bytes([head[4], head[5], head[6], head[7]])),
+        None => i64::from(first),
     };
     if meta_len <= 0 || meta_len > MAX_METADATA {
-        return Ok(Step::Stop);
+        return Ok(stop);
     }
-    let meta_start = at + header;
-    // The file reader parses the metadata up to where its footer block says the body
-    // starts, whatever the prefix says; the stream reader trusts the prefix.
-    let meta_len = match body {
-        Some(b) => i64::try_from(b.saturating_sub(meta_start))
-            .unwrap_or(0)
-            .min(MAX_METADATA),
-        None => meta_len,
-    };
     let mut meta = vec![0u8; usize::try_from(meta_len).unwrap_or(0)];
     if !read_at(file, len, meta_start, &mut meta)? {
-        return Ok(Step::Stop);
+        return Ok(stop);
     }
     let Ok(Ok(message)) = catch_panic(|| arrow_ipc::root_as_message(&meta)) else {
-        return Ok(if body.is_some() {
-            Step::Unverifiable(at)
-        } else {
-            Step::Stop
-        });
+        return Ok(stop);
     };
     let body_start = body.unwrap_or(meta_start + meta.len() as u64);
-    let Ok(body_len) = u64::try_from(message.bodyLength()) else {
-        return Ok(Step::Stop);
+    // A file's body length comes from its footer (checked by the caller); a stream's
+    // from the message.
+    let body_len = match (body, u64::try_from(message.bodyLength())) {
+        (Some(_), _) => 0,
+        (None, Ok(n)) => n,
+        (None, Err(_)) => return Ok(stop),
     };
     let batch = message
         .header_as_record_batch()
