@@ -220,3 +220,31 @@ fn a_fuzzed_avi_fails_cleanly() {
     let r = check("fuzz_avi_overflow.avi");
     assert!(!r.ok, "{:#?}", r.findings);
 }
+
+/// Found by fuzzing: a track run declaring four billion samples that all take the
+/// defaults. It is summed, not looped over, and the file fails.
+#[test]
+fn a_huge_sample_count_is_not_walked_one_by_one() {
+    let r = check("fuzz_mp4_huge_run.mp4");
+    assert!(!r.ok);
+    // The same with a sample table: constant sample size, four billion samples in stts and
+    // per chunk in stsc. The chunk is judged as a whole.
+    let mut bytes = std::fs::read(fixture("h264_faststart.mp4")).unwrap();
+    let find = |b: &[u8], tag: &[u8]| b.windows(4).position(|w| w == tag).unwrap();
+    let stsz = find(&bytes, b"stsz");
+    bytes[stsz + 8..stsz + 12].copy_from_slice(&100u32.to_be_bytes()); // sample_size
+    let stts = find(&bytes, b"stts");
+    bytes[stts + 12..stts + 16].copy_from_slice(&u32::MAX.to_be_bytes()); // first count
+    let stsc = find(&bytes, b"stsc");
+    bytes[stsc + 16..stsc + 20].copy_from_slice(&u32::MAX.to_be_bytes()); // per chunk
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("huge_table.mp4");
+    std::fs::write(&target, &bytes).unwrap();
+    let r = run(&target, &VideoCheck::new());
+    assert!(!r.ok, "{:#?}", r.findings);
+    assert!(
+        r.findings.iter().any(|f| f.check == "truncated"),
+        "{:#?}",
+        r.findings
+    );
+}

@@ -310,29 +310,62 @@ fn check_samples(
         }
     };
     let runs = &stsc.samples;
+    let mut run = 0usize;
     let mut sample = 0u64;
     let mut outside_file = 0u64;
     let mut outside_mdat = 0u64;
     let mut first_bad: Option<(u64, u64, u64)> = None;
     for (c, &chunk_offset) in stco.offsets.iter().enumerate() {
+        if sample >= count {
+            break;
+        }
         let chunk_no = c as u64 + 1;
-        // The run that covers this chunk: the last whose first_chunk <= chunk_no.
+        // The run that covers this chunk: the last whose first_chunk <= chunk_no. Runs
+        // are in chunk order, so one pointer moves forward (no rescan per chunk).
+        while runs
+            .get(run + 1)
+            .is_some_and(|r| u64::from(r.first_chunk) <= chunk_no)
+        {
+            run += 1;
+        }
         let per_chunk = runs
-            .iter()
-            .take_while(|r| u64::from(r.first_chunk) <= chunk_no)
-            .last()
+            .get(run)
+            .filter(|r| u64::from(r.first_chunk) <= chunk_no)
             .map_or(0, |r| u64::from(r.samples_per_chunk));
+        let n = per_chunk.min(count - sample);
         let mut offset = chunk_offset;
-        for _ in 0..per_chunk {
-            if sample >= count {
-                break;
+        if stsz.sample_size != 0 {
+            // One size for every sample: the chunk is checked as a whole, so a hostile
+            // sample count costs nothing per sample.
+            let size = u64::from(stsz.sample_size);
+            let in_file = if offset >= len {
+                0
+            } else {
+                ((len - offset) / size).min(n)
+            };
+            let in_mdat = mdat_end(mdats, offset).map_or(0, |e| ((e - offset) / size).min(in_file));
+            if in_mdat < in_file {
+                outside_mdat += in_file - in_mdat;
+                first_bad.get_or_insert((sample + in_mdat, offset + in_mdat * size, size));
             }
+            if in_file < n {
+                outside_file += n - in_file;
+                first_bad.get_or_insert((
+                    sample + in_file,
+                    offset.saturating_add(in_file * size),
+                    size,
+                ));
+            }
+            sample += n;
+            continue;
+        }
+        for _ in 0..n {
             let size = size_of(sample);
             let end = offset.saturating_add(size);
             if end > len {
                 outside_file += 1;
                 first_bad.get_or_insert((sample, offset, size));
-            } else if !mdats.iter().any(|&(s, e)| offset >= s && end <= e) {
+            } else if mdat_end(mdats, offset).is_none_or(|e| end > e) {
                 outside_mdat += 1;
                 first_bad.get_or_insert((sample, offset, size));
             }
@@ -376,6 +409,14 @@ fn check_samples(
         }
     }
     count
+}
+
+/// The end of the mdat payload that holds `offset`. `mdats` are in file order and do not
+/// overlap, so a binary search finds it (a hostile file may hold many thousands).
+fn mdat_end(mdats: &[(u64, u64)], offset: u64) -> Option<u64> {
+    let i = mdats.partition_point(|&(s, _)| s <= offset);
+    let &(_, e) = mdats.get(i.checked_sub(1)?)?;
+    (offset < e).then_some(e)
 }
 
 /// Fragmented MP4: each `moof`'s track runs must point inside the file; frames and
@@ -514,6 +555,18 @@ fn parse_traf(traf: &[u8], moof_offset: u64) -> Run {
                     .count()
                     * 4;
                 run.samples += u64::from(count);
+                if per_sample == 0 {
+                    // Every sample takes the defaults: no per-sample loop, so a hostile
+                    // count of four billion costs nothing.
+                    let n = u64::from(count);
+                    run.duration = run
+                        .duration
+                        .saturating_add(n.saturating_mul(default_duration));
+                    total_size = total_size
+                        .zip(default_size)
+                        .map(|(t, s)| t.saturating_add(n.saturating_mul(s)));
+                    continue;
+                }
                 // Hostile counts stop at the end of the box, not at `count`.
                 for i in 0..count as usize {
                     let entry = at + i * per_sample;
