@@ -155,11 +155,19 @@ fn each_file(
     }
 }
 
-/// A bar on stderr when it is a terminal and there is more than one file; hidden otherwise
-/// so pipes and CI logs stay clean.
+/// On a terminal's stderr: a bar for several files, a spinner with the elapsed time for a
+/// single (possibly long) scan. Hidden otherwise, so pipes and CI logs stay clean.
 fn progress(files: usize, out: &Output) -> ProgressBar {
-    if files < 2 || !out.progress_allowed() {
+    if files == 0 || !out.progress_allowed() {
         return ProgressBar::hidden();
+    }
+    if files == 1 {
+        let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {wide_msg}") {
+            spinner.set_style(style);
+        }
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        return spinner;
     }
     let bar = ProgressBar::with_draw_target(Some(files as u64), ProgressDrawTarget::stderr());
     if let Ok(style) =
