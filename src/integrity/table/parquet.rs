@@ -31,25 +31,8 @@ pub(super) fn check(
     report: &mut Report,
 ) -> Result<Option<Vec<RecordBatch>>> {
     let path = src.path;
-    let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| GuardrailError::io(path, e))?
-        .len();
-    if !footer_is_whole(&mut file, len, report).map_err(|e| GuardrailError::io(path, e))? {
+    let Some(builder) = open(path, report)? else {
         return Ok(None);
-    }
-    let builder = match catch_read(|| ParquetRecordBatchReaderBuilder::try_new(file)) {
-        Ok(b) => b,
-        Err(e) => {
-            report.error(
-                "footer",
-                format!("the footer cannot be read: {e}"),
-                Some("valid parquet metadata".into()),
-                Some(e),
-            );
-            return Ok(None);
-        }
     };
     let metadata = builder.metadata().clone();
     let schema = builder.schema().clone();
@@ -113,19 +96,7 @@ pub(super) fn check(
                 .map_err(|e| e.to_string())
         });
         match failure {
-            Some(message) => {
-                let check = if message.contains("CRC") {
-                    "page_checksum"
-                } else {
-                    "pages"
-                };
-                report.error(
-                    check,
-                    format!("reading pages failed after {} rows: {message}", scan.rows()),
-                    Some("every page readable".into()),
-                    Some(message),
-                );
-            }
+            Some(message) => pages_failed(report, scan.rows(), message),
             None if scan.rows() != footer_rows => report.error(
                 "row_count",
                 format!(
@@ -140,6 +111,44 @@ pub(super) fn check(
     }
     check_rows(footer_rows, src.check, report);
     Ok(scan.finish(&schema, report))
+}
+
+/// Opens a Parquet file up to its footer: the tail is checked before arrow-rs reads
+/// anything, and an unreadable footer is a finding (`None`).
+fn open(path: &Path, report: &mut Report) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>> {
+    let io = |e| GuardrailError::io(path, e);
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if !footer_is_whole(&mut file, len, report).map_err(io)? {
+        return Ok(None);
+    }
+    match catch_read(|| ParquetRecordBatchReaderBuilder::try_new(file)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) => {
+            report.error(
+                "footer",
+                format!("the footer cannot be read: {e}"),
+                Some("valid parquet metadata".into()),
+                Some(e),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// A page that would not decode (a CRC mismatch has a check of its own).
+fn pages_failed(report: &mut Report, rows: u64, message: String) {
+    let check = if message.contains("CRC") {
+        "page_checksum"
+    } else {
+        "pages"
+    };
+    report.error(
+        check,
+        format!("reading pages failed after {rows} rows: {message}"),
+        Some("every page readable".into()),
+        Some(message),
+    );
 }
 
 /// The last 8 bytes must be the footer length and `PAR1`, and the footer must fit.
@@ -234,25 +243,8 @@ fn nulls_from_statistics(metadata: &ParquetMetaData, column: &str) -> Option<u64
 /// NaN, infinities and nulls. The shape is `[rows, values per row]` when every feature
 /// column has a fixed width, else `[rows]`.
 pub(crate) fn check_features(path: &Path, check: &FeatureCheck, report: &mut Report) -> Result<()> {
-    let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| GuardrailError::io(path, e))?
-        .len();
-    if !footer_is_whole(&mut file, len, report).map_err(|e| GuardrailError::io(path, e))? {
+    let Some(builder) = open(path, report)? else {
         return Ok(());
-    }
-    let builder = match catch_read(|| ParquetRecordBatchReaderBuilder::try_new(file)) {
-        Ok(b) => b,
-        Err(e) => {
-            report.error(
-                "footer",
-                format!("the footer cannot be read: {e}"),
-                Some("valid parquet metadata".into()),
-                Some(e),
-            );
-            return Ok(());
-        }
     };
     let rows = footer_info(builder.metadata(), report);
     let schema = builder.schema().clone();
@@ -313,17 +305,7 @@ pub(crate) fn check_features(path: &Path, check: &FeatureCheck, report: &mut Rep
     })
     .err();
     if let Some(message) = failure {
-        let check = if message.contains("CRC") {
-            "page_checksum"
-        } else {
-            "pages"
-        };
-        report.error(
-            check,
-            format!("reading pages failed after {} rows: {message}", counts.rows),
-            Some("every page readable".into()),
-            Some(message),
-        );
+        pages_failed(report, counts.rows, message);
     }
     report.info("non_finite", counts.non_finite);
     if counts.non_finite > 0 {
