@@ -231,9 +231,54 @@ fn trace_replay(c: &mut Criterion) {
     }
 }
 
+/// Prints the longest single insert while every insert evicts, on a full 1M-entry cache with
+/// one shard and with the default shards: eviction now and then sorts a shard's recency
+/// stamps, and this is what that costs a caller at worst. Not a criterion figure (criterion
+/// reports central times); printed before the timings like the hit ratios.
+fn insert_pauses() {
+    const N: u64 = 1_000_000;
+    eprintln!("\nlongest insert, full {N}-entry cache, 1 insert to 4 gets (800 000 inserts):");
+    for shards in [Some(1), None] {
+        let builder = LruTtlCache::<u64, u64>::builder(N as usize);
+        let cache = match shards {
+            Some(n) => builder.shards(n),
+            None => builder,
+        }
+        .build()
+        .unwrap();
+        for k in 0..N {
+            cache.insert(k, k);
+        }
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut next = N;
+        let mut pauses = Vec::new();
+        for _ in 0..4_000_000 {
+            if rng.u32(0..5) == 0 {
+                let start = Instant::now();
+                cache.insert(next, next);
+                pauses.push(start.elapsed());
+                next += 1;
+            } else {
+                black_box(cache.get(&(next - 1 - rng.u64(0..N))));
+            }
+        }
+        pauses.sort_unstable();
+        let at = |q: f64| pauses[((pauses.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "  {:>4} shards: p50 {:?}, p99 {:?}, p99.99 {:?}, max {:?}",
+            cache.shard_count(),
+            at(0.5),
+            at(0.99),
+            at(0.9999),
+            pauses[pauses.len() - 1]
+        );
+    }
+}
+
 criterion_group!(benches, get_hit, trace_replay);
 
 fn main() {
+    insert_pauses();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

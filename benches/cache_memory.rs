@@ -16,7 +16,9 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const N: u64 = 100_000;
 
-/// Net bytes still allocated after `build` made and filled a cache, per entry.
+/// Net bytes still allocated after `build` made a cache of capacity N and inserted 2N keys,
+/// per entry held: the steady state of a full cache, evictions and their bookkeeping
+/// included.
 fn per_entry<C>(name: &str, build: impl FnOnce() -> C) {
     let region = Region::new(GLOBAL);
     let cache = build();
@@ -30,21 +32,21 @@ fn per_entry<C>(name: &str, build: impl FnOnce() -> C) {
 fn main() {
     per_entry("guardrails", || {
         let c = LruTtlCache::new(N as usize).unwrap();
-        for k in 0..N {
+        for k in 0..2 * N {
             c.insert(k, k);
         }
         c
     });
     per_entry("guardrails_1_shard", || {
         let c = LruTtlCache::builder(N as usize).shards(1).build().unwrap();
-        for k in 0..N {
+        for k in 0..2 * N {
             c.insert(k, k);
         }
         c
     });
     per_entry("moka", || {
         let c = moka::sync::Cache::new(N);
-        for k in 0..N {
+        for k in 0..2 * N {
             c.insert(k, k);
         }
         c.run_pending_tasks();
@@ -52,14 +54,14 @@ fn main() {
     });
     per_entry("quick_cache", || {
         let c = quick_cache::sync::Cache::new(N as usize);
-        for k in 0..N {
+        for k in 0..2 * N {
             c.insert(k, k);
         }
         c
     });
     per_entry("lru_mutex", || {
         let c = Mutex::new(lru::LruCache::new(NonZeroUsize::new(N as usize).unwrap()));
-        for k in 0..N {
+        for k in 0..2 * N {
             if let Ok(mut g) = c.lock() {
                 g.put(k, k);
             }

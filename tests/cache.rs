@@ -135,8 +135,9 @@ enum Op {
     Purge,
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let key = 0u8..12;
+/// Operations on keys `0..keys`.
+fn op(keys: u8) -> impl Strategy<Value = Op> {
+    let key = 0u8..keys;
     prop_oneof![
         4 => key.clone().prop_map(Op::Get),
         1 => key.clone().prop_map(Op::Peek),
@@ -148,6 +149,78 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Runs `ops` on a one-shard cache and on the model, comparing every answer, every
+/// eviction (key, value, cause, in order), the length, the final LRU order and the stats.
+fn check_against_model(
+    capacity: usize,
+    default_ttl: Option<u64>,
+    tti: Option<u64>,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let clock = ManualClock::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let mut builder = LruTtlCache::builder(capacity)
+        .shards(1)
+        .clock(clock.clone())
+        .eviction_listener(move |k: &u8, v: &u32, cause| s.lock().unwrap().push((*k, *v, cause)));
+    if let Some(t) = default_ttl {
+        builder = builder.ttl(Duration::from_millis(t));
+    }
+    if let Some(t) = tti {
+        builder = builder.time_to_idle(Duration::from_millis(t));
+    }
+    let cache = builder.build().unwrap();
+    let mut model = Model {
+        entries: VecDeque::new(),
+        capacity,
+        now: 0,
+        tti: tti.map(|t| t * 1_000_000),
+        default_ttl: default_ttl.map(|t| t * 1_000_000),
+        evicted: Vec::new(),
+        hits: 0,
+        misses: 0,
+    };
+    for op in ops {
+        match op {
+            Op::Get(k) => prop_assert_eq!(cache.get(&k), model.get(k), "get {}", k),
+            Op::Peek(k) => prop_assert_eq!(cache.peek(&k), model.peek(k), "peek {}", k),
+            Op::Contains(k) => prop_assert_eq!(cache.contains(&k), model.peek(k).is_some()),
+            Op::Insert(k, v, ttl) => match ttl {
+                Some(t) => {
+                    cache.insert_with_ttl(k, v, Duration::from_millis(t));
+                    model.insert(k, v, Some(t * 1_000_000));
+                }
+                None => {
+                    cache.insert(k, v);
+                    model.insert(k, v, None);
+                }
+            },
+            Op::Remove(k) => prop_assert_eq!(cache.remove(&k), model.remove(k), "remove {}", k),
+            Op::Advance(ms) => {
+                clock.advance(Duration::from_millis(ms));
+                model.now += ms * 1_000_000;
+            }
+            Op::Purge => prop_assert_eq!(cache.purge_expired(), model.purge()),
+        }
+        prop_assert_eq!(cache.len(), model.entries.len());
+        prop_assert!(cache.len() <= capacity);
+        prop_assert_eq!(&*seen.lock().unwrap(), &model.evicted);
+    }
+    let order: Vec<u8> = cache.entries_lru().into_iter().map(|(k, _)| k).collect();
+    let expected: Vec<u8> = model
+        .entries
+        .iter()
+        .rev()
+        .filter(|e| !model.expired(e))
+        .map(|e| e.key)
+        .collect();
+    prop_assert_eq!(order, expected);
+    let stats = cache.stats();
+    prop_assert_eq!((stats.hits, stats.misses), (model.hits, model.misses));
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -156,69 +229,20 @@ proptest! {
         capacity in 1usize..8,
         default_ttl in prop::option::of(5u64..60),
         tti in prop::option::of(5u64..60),
-        ops in prop::collection::vec(op(), 1..400),
+        ops in prop::collection::vec(op(12), 1..400),
     ) {
-        let clock = ManualClock::new();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = Arc::clone(&seen);
-        let mut builder = LruTtlCache::builder(capacity)
-            .shards(1)
-            .clock(clock.clone())
-            .eviction_listener(move |k: &u8, v: &u32, cause| s.lock().unwrap().push((*k, *v, cause)));
-        if let Some(t) = default_ttl {
-            builder = builder.ttl(Duration::from_millis(t));
-        }
-        if let Some(t) = tti {
-            builder = builder.time_to_idle(Duration::from_millis(t));
-        }
-        let cache = builder.build().unwrap();
-        let mut model = Model {
-            entries: VecDeque::new(),
-            capacity,
-            now: 0,
-            tti: tti.map(|t| t * 1_000_000),
-            default_ttl: default_ttl.map(|t| t * 1_000_000),
-            evicted: Vec::new(),
-            hits: 0,
-            misses: 0,
-        };
-        for op in ops {
-            match op {
-                Op::Get(k) => prop_assert_eq!(cache.get(&k), model.get(k), "get {}", k),
-                Op::Peek(k) => prop_assert_eq!(cache.peek(&k), model.peek(k), "peek {}", k),
-                Op::Contains(k) => prop_assert_eq!(cache.contains(&k), model.peek(k).is_some()),
-                Op::Insert(k, v, ttl) => match ttl {
-                    Some(t) => {
-                        cache.insert_with_ttl(k, v, Duration::from_millis(t));
-                        model.insert(k, v, Some(t * 1_000_000));
-                    }
-                    None => {
-                        cache.insert(k, v);
-                        model.insert(k, v, None);
-                    }
-                },
-                Op::Remove(k) => prop_assert_eq!(cache.remove(&k), model.remove(k), "remove {}", k),
-                Op::Advance(ms) => {
-                    clock.advance(Duration::from_millis(ms));
-                    model.now += ms * 1_000_000;
-                }
-                Op::Purge => prop_assert_eq!(cache.purge_expired(), model.purge()),
-            }
-            prop_assert_eq!(cache.len(), model.entries.len());
-            prop_assert!(cache.len() <= capacity);
-            prop_assert_eq!(&*seen.lock().unwrap(), &model.evicted);
-        }
-        let order: Vec<u8> = cache.entries_lru().into_iter().map(|(k, _)| k).collect();
-        let expected: Vec<u8> = model
-            .entries
-            .iter()
-            .rev()
-            .filter(|e| !model.expired(e))
-            .map(|e| e.key)
-            .collect();
-        prop_assert_eq!(order, expected);
-        let stats = cache.stats();
-        prop_assert_eq!((stats.hits, stats.misses), (model.hits, model.misses));
+        check_against_model(capacity, default_ttl, tti, ops)?;
+    }
+
+    /// Larger caches over more keys: long runs of hits between evictions, so eviction
+    /// passes over many entries used since the last sort and sorts again often.
+    #[test]
+    fn larger_one_shard_caches_match_the_reference_lru(
+        capacity in 1usize..40,
+        default_ttl in prop::option::of(50u64..600),
+        ops in prop::collection::vec(op(64), 1..1500),
+    ) {
+        check_against_model(capacity, default_ttl, None, ops)?;
     }
 }
 

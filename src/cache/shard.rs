@@ -1,12 +1,22 @@
-//! One shard: a hash table of slot indices over a slab of entries threaded on an intrusive
-//! doubly linked list, most recently used at the head. Everything here runs under the
-//! shard's mutex, so plain fields suffice.
+//! One shard: a hash table of slot indices over a slab of entries. Recency is a stamp in
+//! each entry, and the eviction order is found by sorting, not kept in a list.
 //!
-//! The slab is split by temperature. A hit reads its entry (key, value, deadline: 32 bytes
-//! for `u64 → u64`, two to a cache line) and relinks three list nodes; the links live in an
-//! array of their own, 8 bytes a node, which stays in cache where the entries would not.
-//! What only some caches need (the TTL deadline behind an idle deadline, weights) lives in
-//! side arrays that are empty otherwise.
+//! Why not a linked list: relinking a node on every hit writes to its two neighbours, which
+//! lie anywhere in memory, and the unlock that follows (a full barrier) waits for those
+//! cache misses; a hit then costs about twice a lookup. Here a hit writes the shard's use
+//! counter into its own entry, a line the lookup has just read, and nothing else.
+//!
+//! The order stays exact. Eviction walks `order`, the live slots sorted by stamp at the last
+//! sort. An entry used since that sort has a stamp above `sorted_at` and is passed over: it
+//! is newer than every entry not used since, and those are in `order` from the oldest. So the
+//! first live slot in `order` whose stamp is at most `sorted_at` is the least recently used
+//! entry. When `order` runs out, the live slots are sorted again. Each slot is passed over at
+//! most once per sort, and a sort of n entries happens after at least one eviction and
+//! costs O(n log n); when entries are rarely hit between evictions (a scan, a cold cache),
+//! one sort serves close to n evictions.
+//!
+//! What only some caches need (deadlines, the TTL deadline behind an idle deadline, weights)
+//! lives in side arrays that stay empty otherwise.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -14,29 +24,22 @@ use hashbrown::HashTable;
 
 use super::EvictionCause;
 
-const NIL: u32 = u32::MAX;
 /// Deadline meaning "never".
 pub(crate) const NEVER: u64 = u64::MAX;
 
 pub(crate) struct Slot<K, V> {
     entry: Option<(K, V)>,
-    /// Nanoseconds since the cache's origin from which the entry is expired: the earlier of
-    /// its TTL deadline and its idle deadline.
-    deadline: u64,
-}
-
-#[derive(Clone, Copy)]
-struct Link {
-    prev: u32,
-    /// Next toward the LRU end; in a free slot, the next free slot.
-    next: u32,
+    /// The shard's use counter when the entry was last inserted, replaced or hit.
+    stamp: u64,
 }
 
 /// Counters kept under the shard lock, so they cost no atomic operation.
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
 pub(crate) struct ShardStats {
-    pub hits: u64,
+    /// First: a miss writes it, and it then shares the mutex word's cache line.
     pub misses: u64,
+    pub hits: u64,
     pub inserts: u64,
     pub evicted_size: u64,
     pub expired: u64,
@@ -75,10 +78,22 @@ impl<'a> LazyNow<'a> {
 /// Entries leaving the cache, handed to the eviction listener after the lock is released.
 pub(crate) type Evicted<K, V> = Vec<(K, V, EvictionCause)>;
 
+// `repr(C)` with the fields a hit writes first: they share the cache line of the mutex
+// word in front of them, so a hit on a shard another core used last moves one line, not
+// three.
+#[repr(C)]
 pub(crate) struct Shard<K, V> {
+    /// Uses so far (insertions, replacements, hits); the last one's number is the newest
+    /// stamp. Hits are not counted apart: they are `tick` less the insertions.
+    tick: u64,
+    /// Counters other than hits.
+    stats: ShardStats,
     table: HashTable<u32>,
     slots: Vec<Slot<K, V>>,
-    links: Vec<Link>,
+    /// By slot, nanoseconds since the cache's origin from which the entry is expired: the
+    /// earlier of its TTL deadline and its idle deadline. Empty until an entry with a deadline
+    /// arrives, so caches without expiry never read it.
+    deadlines: Vec<u64>,
     /// TTL deadlines by slot, kept only with time-to-idle (the idle deadline moves, the TTL
     /// deadline must be remembered behind it).
     ttl_deadlines: Vec<u64>,
@@ -86,14 +101,18 @@ pub(crate) struct Shard<K, V> {
     weights: Vec<u64>,
     tti: bool,
     weighted: bool,
-    free: u32,
-    head: u32,
-    tail: u32,
+    /// Slots without an entry, reused before the slab grows.
+    free: Vec<u32>,
+    /// Live slots by stamp, oldest first, as of the last sort.
+    order: Vec<u32>,
+    /// The first position in `order` not yet evicted or passed over.
+    next: usize,
+    /// `tick` at the last sort: a larger stamp means used since.
+    sorted_at: u64,
     len: usize,
     weight: u64,
     pub(crate) max_entries: usize,
     pub(crate) max_weight: u64,
-    pub(crate) stats: ShardStats,
     /// Whether evicted entries are collected for a listener (else they are dropped).
     collect: bool,
 }
@@ -112,25 +131,26 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         tti: bool,
         weighted: bool,
     ) -> Self {
-        // Sized for the capacity up front (capped, so a huge capacity does not allocate
-        // before it is used).
-        let reserve = max_entries.min(1 << 16);
         Self {
-            table: HashTable::with_capacity(reserve),
-            slots: Vec::with_capacity(reserve),
-            links: Vec::with_capacity(reserve),
+            tick: 0,
+            stats: ShardStats::default(),
+            // Grown as entries come: sized for the capacity up front, a half-full cache
+            // would spread over twice the memory and every lookup would pay in cache misses.
+            table: HashTable::new(),
+            slots: Vec::new(),
+            deadlines: Vec::new(),
             ttl_deadlines: Vec::new(),
             weights: Vec::new(),
             tti,
             weighted,
-            free: NIL,
-            head: NIL,
-            tail: NIL,
+            free: Vec::new(),
+            order: Vec::new(),
+            next: 0,
+            sorted_at: 0,
             len: 0,
             weight: 0,
             max_entries,
             max_weight,
-            stats: ShardStats::default(),
             collect,
         }
     }
@@ -141,6 +161,15 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
 
     pub(crate) fn weight(&self) -> u64 {
         self.weight
+    }
+
+    /// The counters, hits included.
+    pub(crate) fn stats(&self) -> ShardStats {
+        ShardStats {
+            // Every insertion (new key or replacement) uses `tick` once, every hit once.
+            hits: self.tick - self.stats.inserts,
+            ..self.stats
+        }
     }
 
     fn key_of(&self, i: u32) -> Option<&K> {
@@ -160,55 +189,65 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             .copied()
     }
 
-    fn unlink(&mut self, i: u32) {
-        let Link { prev, next } = self.links[i as usize];
-        match prev {
-            NIL => self.head = next,
-            p => self.links[p as usize].next = next,
-        }
-        match next {
-            NIL => self.tail = prev,
-            n => self.links[n as usize].prev = prev,
-        }
-    }
-
-    fn push_front(&mut self, i: u32) {
-        let old_head = self.head;
-        self.links[i as usize] = Link {
-            prev: NIL,
-            next: old_head,
-        };
-        match old_head {
-            NIL => self.tail = i,
-            h => self.links[h as usize].prev = i,
-        }
-        self.head = i;
-    }
-
+    /// Makes slot `i` the most recently used.
+    #[inline]
     fn touch(&mut self, i: u32) {
-        if self.head != i {
-            self.unlink(i);
-            self.push_front(i);
+        self.tick += 1;
+        self.slots[i as usize].stamp = self.tick;
+    }
+
+    /// Sorts the live slots by stamp into `order`.
+    fn sort_by_recency(&mut self) {
+        let mut by_stamp: Vec<(u64, u32)> = Vec::with_capacity(self.len);
+        by_stamp.extend(
+            (0u32..)
+                .zip(&self.slots)
+                .filter(|(_, s)| s.entry.is_some())
+                .map(|(i, s)| (s.stamp, i)),
+        );
+        // A radix sort: linear, and it only makes passes over the stamp bytes that differ
+        // (two or three for a shard used a few million times between sorts), where a
+        // comparison sort spent most of a miss-heavy replay here.
+        radsort::sort_by_key(&mut by_stamp, |&(stamp, _)| stamp);
+        self.order.clear();
+        self.order.extend(by_stamp.iter().map(|&(_, i)| i));
+        self.next = 0;
+        self.sorted_at = self.tick;
+    }
+
+    /// The least recently used live slot, which leaves `order`.
+    fn pop_lru(&mut self) -> Option<u32> {
+        let mut sorted = false;
+        loop {
+            while let Some(&i) = self.order.get(self.next) {
+                self.next += 1;
+                let slot = &self.slots[i as usize];
+                if slot.entry.is_some() && slot.stamp <= self.sorted_at {
+                    return Some(i);
+                }
+            }
+            // After a sort every live slot is in `order` with a stamp at most `sorted_at`,
+            // so the pass after it returns; one sort per call bounds the loop regardless.
+            if self.len == 0 || sorted {
+                return None;
+            }
+            self.sort_by_recency();
+            sorted = true;
         }
     }
 
-    /// Takes slot `i` out of the table, the list and the slab, returning its entry.
+    /// Takes slot `i` out of the table and the slab, returning its entry.
     fn take<S: BuildHasher>(&mut self, i: u32, hasher: &S) -> Option<(K, V)> {
         let hash = hasher.hash_one(self.key_of(i)?);
         if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
             entry.remove();
         }
-        self.unlink(i);
         if self.weighted {
             let w = std::mem::take(&mut self.weights[i as usize]);
             self.weight = self.weight.saturating_sub(w);
         }
         let entry = self.slots[i as usize].entry.take();
-        self.links[i as usize] = Link {
-            prev: NIL,
-            next: self.free,
-        };
-        self.free = i;
+        self.free.push(i);
         self.len -= 1;
         entry
     }
@@ -222,12 +261,26 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     fn expired(&self, i: u32, now: &mut LazyNow<'_>) -> bool {
-        let deadline = self.slots[i as usize].deadline;
-        deadline != NEVER && now.get() >= deadline
+        match self.deadlines.get(i as usize) {
+            Some(&deadline) => deadline != NEVER && now.get() >= deadline,
+            None => false,
+        }
     }
 
-    /// Looks `key` up; a hit moves it to the front (and renews its idle deadline), an
-    /// expired entry is removed and counts as a miss.
+    /// Sets slot `i`'s deadline, creating the deadline array on the first finite one.
+    fn set_deadline(&mut self, i: u32, deadline: u64) {
+        if self.deadlines.is_empty() {
+            if deadline == NEVER {
+                return;
+            }
+            self.deadlines = vec![NEVER; self.slots.len()];
+        }
+        self.deadlines[i as usize] = deadline;
+    }
+
+    /// Looks `key` up; a hit becomes the most recently used (and renews its idle deadline),
+    /// an expired entry is removed and counts as a miss.
+    #[inline]
     pub(crate) fn get<Q, S>(
         &mut self,
         hash: u64,
@@ -255,10 +308,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         if let Some(tti) = tti {
             let ttl_deadline = self.ttl_deadlines.get(i as usize).copied().unwrap_or(NEVER);
-            self.slots[i as usize].deadline = ttl_deadline.min(now.get().saturating_add(tti));
+            self.set_deadline(i, ttl_deadline.min(now.get().saturating_add(tti)));
         }
         self.touch(i);
-        self.stats.hits += 1;
         match &self.slots[i as usize].entry {
             Some((_, v)) => Lookup::Hit(v.clone()),
             None => Lookup::Miss,
@@ -282,7 +334,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             .map(|(_, v)| v.clone())
     }
 
-    /// Inserts or replaces, then evicts from the LRU end until the shard fits.
+    /// Inserts or replaces, then evicts least recently used entries until the shard fits.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert<S: BuildHasher>(
         &mut self,
@@ -300,7 +352,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let deadline = ttl_deadline.min(idle_deadline);
         if let Some(i) = self.find(hash, &key) {
             let old = self.slots[i as usize].entry.replace((key, value));
-            self.slots[i as usize].deadline = deadline;
+            self.set_deadline(i, deadline);
             self.set_side(i, ttl_deadline, weight);
             self.stats.replaced += 1;
             self.record(evicted, old, EvictionCause::Replaced);
@@ -308,19 +360,20 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         } else {
             let slot = Slot {
                 entry: Some((key, value)),
-                deadline,
+                stamp: 0,
             };
-            let unlinked = Link {
-                prev: NIL,
-                next: NIL,
-            };
-            let i = match self.free {
-                NIL => {
-                    // A shard never holds more than u32::MAX - 1 slots: capacities are
-                    // validated against that.
-                    let i = u32::try_from(self.slots.len()).unwrap_or(NIL - 1);
+            let i = match self.free.pop() {
+                Some(f) => {
+                    self.slots[f as usize] = slot;
+                    f
+                }
+                None => {
+                    // Capacities are validated so that a shard's slots fit in u32.
+                    let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
                     self.slots.push(slot);
-                    self.links.push(unlinked);
+                    if !self.deadlines.is_empty() {
+                        self.deadlines.push(NEVER);
+                    }
                     if self.tti {
                         self.ttl_deadlines.push(NEVER);
                     }
@@ -329,12 +382,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                     }
                     i
                 }
-                f => {
-                    self.free = self.links[f as usize].next;
-                    self.slots[f as usize] = slot;
-                    f
-                }
             };
+            self.set_deadline(i, deadline);
             self.set_side(i, ttl_deadline, weight);
             let slots = &self.slots;
             self.table.insert_unique(hash, i, |&j| {
@@ -343,8 +392,10 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                     .as_ref()
                     .map_or(0, |(k, _)| hasher.hash_one(k))
             });
-            self.push_front(i);
             self.len += 1;
+            // A reused slot may still sit in `order` under its old entry; the new stamp is
+            // above `sorted_at`, so eviction passes over it there.
+            self.touch(i);
         }
         self.evict_to_fit(hasher, now, evicted);
     }
@@ -367,10 +418,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         now: &mut LazyNow<'_>,
         evicted: &mut Evicted<K, V>,
     ) {
-        while (self.len > self.max_entries || (self.weighted && self.weight > self.max_weight))
-            && self.tail != NIL
-        {
-            let victim = self.tail;
+        while self.len > self.max_entries || (self.weighted && self.weight > self.max_weight) {
+            let Some(victim) = self.pop_lru() else { break };
             let cause = if self.expired(victim, now) {
                 self.stats.expired += 1;
                 EvictionCause::Expired
@@ -412,7 +461,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     /// Removes every entry for which `keep` is false (cause `Explicit`) and every expired
-    /// one (cause `Expired`); returns how many expired.
+    /// one (cause `Expired`), from least to most recently used; returns how many expired.
     pub(crate) fn retain<S, F>(
         &mut self,
         mut keep: F,
@@ -424,10 +473,13 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         S: BuildHasher,
         F: FnMut(&K, &V) -> bool,
     {
+        if self.len == 0 {
+            return 0;
+        }
+        self.sort_by_recency();
         let mut expired = 0;
-        let mut i = self.tail;
-        while i != NIL {
-            let prev = self.links[i as usize].prev;
+        for p in 0..self.order.len() {
+            let i = self.order[p];
             let cause = if self.expired(i, now) {
                 Some(EvictionCause::Expired)
             } else {
@@ -447,26 +499,23 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 }
                 self.record(evicted, entry, cause);
             }
-            i = prev;
         }
         expired
     }
 
     /// Live entries from least to most recently used.
-    pub(crate) fn entries_lru(&self, now: &mut LazyNow<'_>) -> Vec<(K, V)>
+    pub(crate) fn entries_lru(&mut self, now: &mut LazyNow<'_>) -> Vec<(K, V)>
     where
         K: Clone,
     {
+        self.sort_by_recency();
         let mut out = Vec::with_capacity(self.len);
-        let mut i = self.tail;
-        while i != NIL {
-            let slot = &self.slots[i as usize];
+        for &i in &self.order {
             if !self.expired(i, now)
-                && let Some((k, v)) = &slot.entry
+                && let Some((k, v)) = &self.slots[i as usize].entry
             {
                 out.push((k.clone(), v.clone()));
             }
-            i = self.links[i as usize].prev;
         }
         out
     }
