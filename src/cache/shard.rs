@@ -198,21 +198,36 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
 
     /// Sorts the live slots by stamp into `order`.
     fn sort_by_recency(&mut self) {
-        let mut by_stamp: Vec<(u64, u32)> = Vec::with_capacity(self.len);
-        by_stamp.extend(
-            (0u32..)
+        let tick = self.tick;
+        // Usually every live entry was used within the last 2^32 uses: then an entry is its
+        // age (uses since its last) and its slot in one u64, and the radix sort moves half
+        // the bytes it would move for a (stamp, slot) pair.
+        let mut packed: Vec<u64> = Vec::with_capacity(self.len);
+        let mut fits = true;
+        for (i, slot) in (0u32..).zip(&self.slots) {
+            if slot.entry.is_some() {
+                let age = tick - slot.stamp;
+                fits &= age <= u64::from(u32::MAX);
+                packed.push((age << 32) | u64::from(i));
+            }
+        }
+        self.order.clear();
+        if fits {
+            // Oldest first: the largest age first.
+            radsort::sort_by_key(&mut packed, |&p| !((p >> 32) as u32));
+            self.order.extend(packed.iter().map(|&p| p as u32));
+        } else {
+            drop(packed);
+            let mut by_stamp: Vec<(u64, u32)> = (0u32..)
                 .zip(&self.slots)
                 .filter(|(_, s)| s.entry.is_some())
-                .map(|(i, s)| (s.stamp, i)),
-        );
-        // A radix sort: linear, and it only makes passes over the stamp bytes that differ
-        // (two or three for a shard used a few million times between sorts), where a
-        // comparison sort spent most of a miss-heavy replay here.
-        radsort::sort_by_key(&mut by_stamp, |&(stamp, _)| stamp);
-        self.order.clear();
-        self.order.extend(by_stamp.iter().map(|&(_, i)| i));
+                .map(|(i, s)| (s.stamp, i))
+                .collect();
+            radsort::sort_by_key(&mut by_stamp, |&(stamp, _)| stamp);
+            self.order.extend(by_stamp.iter().map(|&(_, i)| i));
+        }
         self.next = 0;
-        self.sorted_at = self.tick;
+        self.sorted_at = tick;
     }
 
     /// The least recently used live slot, which leaves `order`.
@@ -473,32 +488,32 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         S: BuildHasher,
         F: FnMut(&K, &V) -> bool,
     {
-        if self.len == 0 {
-            return 0;
-        }
-        self.sort_by_recency();
-        let mut expired = 0;
-        for p in 0..self.order.len() {
-            let i = self.order[p];
+        // One pass in slot order finds what goes; only that is sorted. The sweeper calls
+        // this for every shard, and most sweeps remove little.
+        let mut going = Vec::new();
+        for (i, slot) in (0u32..).zip(&self.slots) {
+            let Some((k, v)) = &slot.entry else { continue };
             let cause = if self.expired(i, now) {
-                Some(EvictionCause::Expired)
+                EvictionCause::Expired
+            } else if !keep(k, v) {
+                EvictionCause::Explicit
             } else {
-                match &self.slots[i as usize].entry {
-                    Some((k, v)) if !keep(k, v) => Some(EvictionCause::Explicit),
-                    _ => None,
-                }
+                continue;
             };
-            if let Some(cause) = cause {
-                let entry = self.take(i, hasher);
-                match cause {
-                    EvictionCause::Expired => {
-                        self.stats.expired += 1;
-                        expired += 1;
-                    }
-                    _ => self.stats.removed += 1,
+            going.push((slot.stamp, i, cause));
+        }
+        radsort::sort_by_key(&mut going, |&(stamp, _, _)| stamp);
+        let mut expired = 0;
+        for (_, i, cause) in going {
+            let entry = self.take(i, hasher);
+            match cause {
+                EvictionCause::Expired => {
+                    self.stats.expired += 1;
+                    expired += 1;
                 }
-                self.record(evicted, entry, cause);
+                _ => self.stats.removed += 1,
             }
+            self.record(evicted, entry, cause);
         }
         expired
     }
@@ -518,5 +533,68 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hashbrown::DefaultHashBuilder;
+
+    /// Inserts `key` into `shard`, returning the keys evicted.
+    fn put(shard: &mut Shard<u32, u32>, hasher: &DefaultHashBuilder, key: u32) -> Vec<u32> {
+        let read = || 0;
+        let mut now = LazyNow::new(&read);
+        let mut evicted = Vec::new();
+        let hash = hasher.hash_one(key);
+        shard.insert(
+            hash,
+            key,
+            key,
+            0,
+            NEVER,
+            NEVER,
+            hasher,
+            &mut now,
+            &mut evicted,
+        );
+        evicted.into_iter().map(|(k, _, _)| k).collect()
+    }
+
+    fn hit(shard: &mut Shard<u32, u32>, hasher: &DefaultHashBuilder, key: u32) -> bool {
+        let read = || 0;
+        let mut now = LazyNow::new(&read);
+        let mut evicted = Vec::new();
+        let hash = hasher.hash_one(key);
+        matches!(
+            shard.get(hash, &key, None, &mut now, hasher, &mut evicted),
+            Lookup::Hit(_)
+        )
+    }
+
+    #[test]
+    fn entries_unused_for_more_than_2_pow_32_uses_keep_their_order() {
+        let hasher = DefaultHashBuilder::default();
+        let mut shard = Shard::new(3, u64::MAX, true, false, false);
+        assert!(put(&mut shard, &hasher, 1).is_empty());
+        // Nearly 2^32 uses pass (of other keys, say), then 2 and 3 come, then a few more
+        // uses: entry 1's age now exceeds u32, and cut to 32 bits it would look younger
+        // than 2 and 3. The sort must take the (stamp, slot) path.
+        shard.tick += (1 << 32) - 10;
+        assert!(put(&mut shard, &hasher, 2).is_empty());
+        assert!(put(&mut shard, &hasher, 3).is_empty());
+        shard.tick += 20;
+        assert_eq!(put(&mut shard, &hasher, 4), [1]);
+        assert_eq!(put(&mut shard, &hasher, 5), [2]);
+        assert!(hit(&mut shard, &hasher, 3));
+        assert_eq!(put(&mut shard, &hasher, 6), [4]);
+        let read = || 0;
+        let mut now = LazyNow::new(&read);
+        let order: Vec<u32> = shard
+            .entries_lru(&mut now)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(order, [5, 3, 6]);
     }
 }
