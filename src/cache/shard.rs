@@ -10,10 +10,11 @@
 //! sort. An entry used since that sort has a stamp above `sorted_at` and is passed over: it
 //! is newer than every entry not used since, and those are in `order` from the oldest. So the
 //! first live slot in `order` whose stamp is at most `sorted_at` is the least recently used
-//! entry. When `order` runs out, the live slots are sorted again. Each slot is passed over at
-//! most once per sort, and a sort of n entries happens after at least one eviction and
-//! costs O(n log n); when entries are rarely hit between evictions (a scan, a cold cache),
-//! one sort serves close to n evictions.
+//! entry. When `order` runs out, the live slots are sorted again (a radix sort, O(n)). A
+//! sort of n entries puts n positions in `order`, and each is used up by one eviction or by
+//! passing over one entry that a hit or a replacement made newer since, so sorting costs
+//! amortised O(1) per operation; the price is that the insert which finds `order` empty
+//! does the whole O(n) at once (README, Performance: the longest insert).
 //!
 //! What only some caches need (deadlines, the TTL deadline behind an idle deadline, weights)
 //! lives in side arrays that stay empty otherwise.
