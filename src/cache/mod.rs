@@ -282,7 +282,7 @@ where
     ///
     /// Now and then an eviction sorts its shard's recency stamps (a radix sort, amortised
     /// O(1) per operation), so the longest single insert grows with the entries per shard:
-    /// measured at 0.4–0.5 ms for 31 000 entries and 27–28 ms for one shard of 1 000 000 (README,
+    /// measured at 0.4–0.5 ms for 31 000 entries and 26–28 ms for one shard of 1 000 000 (README,
     /// Performance). Choose one large shard for an exact global order only where such a
     /// pause is acceptable.
     pub fn shards(mut self, n: usize) -> Self {
