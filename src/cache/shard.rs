@@ -12,9 +12,9 @@
 //! first live slot in `order` whose stamp is at most `sorted_at` is the least recently used
 //! entry. When `order` runs out, the live slots are sorted again (a radix sort, O(n)). A
 //! sort of n entries puts n positions in `order`, and each is used up by one eviction or by
-//! passing over one entry that a hit, a replacement or a removal changed since, so sorting costs
-//! amortised O(1) per operation; the price is that the insert which finds `order` empty
-//! does the whole O(n) at once (README, Performance: the longest insert).
+//! passing over one entry that a hit, a replacement or a removal changed since, so sorting
+//! costs amortised O(1) per operation; the price is that the insert which finds `order`
+//! empty does the whole O(n) at once (README, Performance: the longest insert).
 //!
 //! What only some caches need (deadlines, the TTL deadline behind an idle deadline, weights)
 //! lives in side arrays that stay empty otherwise.
