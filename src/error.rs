@@ -313,6 +313,26 @@ impl GuardrailError {
         }
     }
 
+    /// A [`Timeout`](Self::Timeout) of `operation`, logged at ERROR with the elapsed time and
+    /// the limit (every deadline in the crate reports through here).
+    pub(crate) fn timeout(
+        operation: &str,
+        elapsed: std::time::Duration,
+        limit: std::time::Duration,
+    ) -> Self {
+        tracing::error!(
+            operation,
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            "timeout"
+        );
+        Self::Timeout {
+            operation: operation.to_string(),
+            elapsed,
+            limit,
+        }
+    }
+
     /// A configuration error on the key `field`.
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Config {

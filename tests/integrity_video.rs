@@ -165,6 +165,61 @@ fn decode_runs_ffmpeg_or_says_it_is_missing() {
     }
 }
 
+/// An ffmpeg that forks (as a wrapper script would) and hangs is killed whole at the decode
+/// deadline: the finding says it timed out and the forked child does not survive.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_forking_ffmpeg_is_killed_whole_at_the_decode_deadline() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let stand_in = dir.path().join("ffmpeg");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\nsleep 300 &\necho $! > {p}.tmp; mv {p}.tmp {p}\nwait\n",
+            p = pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let check = VideoCheck::new()
+        .with_decode(true)
+        .with_ffmpeg(&stand_in)
+        .with_decode_timeout(Duration::from_secs(2));
+    let r = run(fixture("h264.mp4"), &check);
+    assert_eq!(failed_checks(&r), ["decode"]);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.message.contains("did not finish"))
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the stand-in wrote its child's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        common::process::wait_dead(pid),
+        "ffmpeg's child {pid} survived"
+    );
+}
+
+#[test]
+fn an_ffmpeg_that_is_not_there_is_a_warning_naming_it() {
+    let check = VideoCheck::new()
+        .with_decode(true)
+        .with_ffmpeg("/no/such/ffmpeg");
+    let r = run(fixture("h264.mp4"), &check);
+    assert!(r.ok, "{:#?}", r.findings);
+    assert_eq!(r.info["decoded"], false);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.message.contains("/no/such/ffmpeg"))
+    );
+}
+
 /// Every prefix must fail, or (fragmented MP4 cut between fragments, which players accept)
 /// pass with a warning that its fragment index is missing; a cut that loses frames fails
 /// `min_frames`.

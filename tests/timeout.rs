@@ -2,6 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
+#[path = "common/process.rs"]
+mod process_util;
+#[cfg(target_os = "linux")]
+use process_util::wait_dead;
+
 use guardrails::prelude::*;
 use guardrails::resilience::{
     TimeoutHandler, run_command_with_grace, run_command_with_timeout, run_with_timeout,
@@ -98,31 +104,6 @@ fn missing_program_is_an_io_error_naming_it() {
 }
 
 #[cfg(target_os = "linux")]
-fn alive(pid: i32) -> bool {
-    // A zombie has exited; only a running or sleeping process counts as alive.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        }
-        Err(_) => false,
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn wait_dead(pid: i32) -> bool {
-    // Reaping by init is asynchronous; give it a moment without sleeping blindly.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-#[cfg(target_os = "linux")]
 #[test]
 fn timeout_kills_the_child_and_its_grandchildren() {
     for grace in [Duration::ZERO, Duration::from_millis(100)] {
@@ -153,4 +134,90 @@ fn timeout_kills_the_child_and_its_grandchildren() {
             );
         }
     }
+}
+
+/// The shell exits at once and leaves a background job holding its pipes: the call returns
+/// what the shell wrote as soon as it exits, and the job is killed with its group.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_background_job_left_by_the_child_neither_blocks_the_call_nor_survives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "sleep 30 & echo $! > {p}.tmp; mv {p}.tmp {p}; echo hi",
+        p = pid_file.display()
+    );
+    let out = run_command_with_timeout(
+        std::process::Command::new("sh").args(["-c", &script]),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(!out.stdout_truncated);
+    // Before the fix the pipe read waited for the 30 s sleep; the bound is far above any
+    // scheduling delay and far below the sleep.
+    assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_dead(pid),
+        "the background sleep {pid} outlived the call"
+    );
+}
+
+/// The deadline bounds the pipe reads too: a process that left the group (setsid) and keeps
+/// stdout open does not hold the call past its deadline.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pipe_held_by_an_escaped_process_is_cut_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "setsid sh -c 'echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 30' & \
+         while [ ! -e {p} ]; do sleep 0.01; done; echo started",
+        p = pid_file.display()
+    );
+    let limits = guardrails::process::ProcessLimits::new(Duration::from_secs(3));
+    let out = guardrails::process::run(
+        std::process::Command::new("sh").args(["-c", &script]),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(out.stdout, b"started\n");
+    assert!(
+        out.stdout_truncated,
+        "the escaped sleep still held the pipe"
+    );
+    assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // It escaped the group, so it is the test's to clean up.
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status();
+}
+
+#[test]
+fn output_beyond_the_cap_is_read_and_dropped_and_the_cut_is_said() {
+    let limits =
+        guardrails::process::ProcessLimits::new(Duration::from_secs(60)).with_max_output(1 << 20);
+    // 8 MiB to stdout: more than a pipe holds, so the child would block if nobody read it.
+    let out = guardrails::process::run(
+        std::process::Command::new("sh").args(["-c", "head -c 8388608 /dev/zero; echo done >&2"]),
+        &limits,
+    )
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 1 << 20);
+    assert!(out.stdout_truncated);
+    assert_eq!(out.stderr, b"done\n");
+    assert!(!out.stderr_truncated);
 }

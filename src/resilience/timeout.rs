@@ -17,26 +17,16 @@
 //!
 //! Every timeout is logged at ERROR with the operation, the elapsed time and the limit.
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{GuardrailError, Result};
+use crate::process::ProcessLimits;
 
 fn timeout_error(operation: &str, elapsed: Duration, limit: Duration) -> GuardrailError {
-    tracing::error!(
-        operation,
-        elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-        "timeout"
-    );
-    GuardrailError::Timeout {
-        operation: operation.to_string(),
-        elapsed,
-        limit,
-    }
+    GuardrailError::timeout(operation, elapsed, limit)
 }
 
 /// A deadline that long-running code checks cooperatively.
@@ -202,25 +192,16 @@ where
     }
 }
 
-/// What a child process left behind: its exit status and everything it wrote.
-#[derive(Debug, Clone)]
-pub struct CommandOutput {
-    /// How it exited.
-    pub status: ExitStatus,
-    /// Its standard output (empty unless the command's stdout was left to be captured).
-    pub stdout: Vec<u8>,
-    /// Its standard error (likewise).
-    pub stderr: Vec<u8>,
-    /// How long it ran.
-    pub elapsed: Duration,
-}
+pub use crate::process::CommandOutput;
 
-/// Runs `command` with a time limit, capturing its stdout and stderr.
+/// Runs `command` with a time limit, capturing its stdout and stderr (at most
+/// [`DEFAULT_MAX_OUTPUT`](crate::process::DEFAULT_MAX_OUTPUT) bytes each).
 ///
 /// The child is made the leader of a new process group. At the deadline the whole group gets
-/// `SIGTERM`, then `SIGKILL` after `grace` if anything is still alive (a zero grace sends
-/// `SIGKILL` at once), and the call returns [`GuardrailError::Timeout`]. A non-zero exit is
-/// not an error here: the status is in the output for the caller to judge.
+/// `SIGKILL` and the call returns [`GuardrailError::Timeout`]. When the child exits first,
+/// what it wrote comes back and whatever it left running in its group is killed. A non-zero
+/// exit is not an error here: the status is in the output for the caller to judge.
+/// [`crate::process::run`] takes the limits in full.
 ///
 /// ```
 /// # #[cfg(unix)] {
@@ -235,7 +216,7 @@ pub struct CommandOutput {
 /// # Ok::<(), guardrails::GuardrailError>(())
 /// ```
 pub fn run_command_with_timeout(command: &mut Command, limit: Duration) -> Result<CommandOutput> {
-    run_command_with_grace(command, limit, Duration::ZERO)
+    crate::process::run(command, &ProcessLimits::new(limit))
 }
 
 /// Like [`run_command_with_timeout`], with `grace` between `SIGTERM` and `SIGKILL` so the
@@ -245,108 +226,5 @@ pub fn run_command_with_grace(
     limit: Duration,
     grace: Duration,
 ) -> Result<CommandOutput> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let operation = format!("command {program}");
-    isolate_process_group(command);
-    let start = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| GuardrailError::io(&program, e))?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-
-    let deadline = start + limit;
-    let status = match wait_until(&mut child, deadline)? {
-        Some(status) => status,
-        None => {
-            kill_group(&mut child, grace)?;
-            // Reap the leader so no zombie is left; the group is gone.
-            let _ = child.wait();
-            return Err(timeout_error(&operation, start.elapsed(), limit));
-        }
-    };
-    // The pipes close when the last writer exits; a grandchild that escaped the group could
-    // hold them open, so collection is bounded.
-    let collect_limit = Duration::from_secs(5);
-    Ok(CommandOutput {
-        status,
-        stdout: stdout.recv_timeout(collect_limit).unwrap_or_default(),
-        stderr: stderr.recv_timeout(collect_limit).unwrap_or_default(),
-        elapsed: start.elapsed(),
-    })
-}
-
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    if let Some(mut pipe) = pipe {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            let _ = tx.send(buf);
-        });
-    } else {
-        let _ = tx.send(Vec::new());
-    }
-    rx
-}
-
-/// Polls the child until it exits or the deadline passes. The poll interval grows from 1 ms
-/// to 50 ms, so short commands return promptly and long ones cost little.
-fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>> {
-    let mut interval = Duration::from_millis(1);
-    loop {
-        if let Some(status) = child.try_wait().map_err(GuardrailError::from)? {
-            return Ok(Some(status));
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(interval.min(deadline - now));
-        interval = (interval * 2).min(Duration::from_millis(50));
-    }
-}
-
-#[cfg(unix)]
-fn isolate_process_group(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    command.process_group(0);
-}
-
-#[cfg(not(unix))]
-fn isolate_process_group(_command: &mut Command) {}
-
-#[cfg(unix)]
-fn kill_group(child: &mut Child, grace: Duration) -> Result<()> {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-
-    let pid = i32::try_from(child.id()).map_err(|_| {
-        GuardrailError::from(std::io::Error::other(format!(
-            "child pid {} does not fit a pid_t",
-            child.id()
-        )))
-    })?;
-    let group = Pid::from_raw(pid);
-    if !grace.is_zero() {
-        let _ = killpg(group, Signal::SIGTERM);
-        let _ = wait_until(child, Instant::now() + grace)?;
-    }
-    // Sent even if the leader already exited: its children may still be in the group. ESRCH
-    // means the group is empty, which is the goal.
-    match killpg(group, Signal::SIGKILL) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(GuardrailError::Io {
-            path: None,
-            source: std::io::Error::from(e),
-        }),
-    }
-}
-
-#[cfg(not(unix))]
-fn kill_group(child: &mut Child, _grace: Duration) -> Result<()> {
-    child.kill().map_err(GuardrailError::from)
+    crate::process::run(command, &ProcessLimits::new(limit).with_grace(grace))
 }

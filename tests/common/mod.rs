@@ -1,6 +1,8 @@
 //! Helpers shared by the integrity tests.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod process;
+
 use std::path::PathBuf;
 
 use guardrails::integrity::{FindingSeverity, Report};

@@ -9,15 +9,16 @@ mod mkv;
 mod mp4;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::{Format, Report, read_up_to};
 use crate::error::{GuardrailError, Result};
+use crate::process::ProcessLimits;
 
 /// What a video must satisfy.
 ///
@@ -49,6 +50,8 @@ pub struct VideoCheck {
     /// The longest the decode may take (default 120 s); past it ffmpeg is killed and the
     /// check fails.
     pub decode_timeout: Duration,
+    /// The ffmpeg program to run (default `"ffmpeg"`, found on `PATH`).
+    pub ffmpeg: std::path::PathBuf,
 }
 
 impl Default for VideoCheck {
@@ -67,6 +70,7 @@ impl VideoCheck {
             checksums: true,
             decode: false,
             decode_timeout: Duration::from_secs(120),
+            ffmpeg: std::path::PathBuf::from("ffmpeg"),
         }
     }
 
@@ -107,6 +111,12 @@ impl VideoCheck {
     /// Bounds the ffmpeg decode.
     pub fn with_decode_timeout(mut self, t: Duration) -> Self {
         self.decode_timeout = t;
+        self
+    }
+
+    /// Runs this ffmpeg for the decode instead of the one on `PATH`.
+    pub fn with_ffmpeg(mut self, program: impl Into<std::path::PathBuf>) -> Self {
+        self.ffmpeg = program.into();
         self
     }
 }
@@ -174,7 +184,7 @@ pub(crate) fn check(
     };
     summarise(&tracks, check, report);
     if check.decode {
-        decode(path, check.decode_timeout, report);
+        decode(path, check, report);
     }
     Ok(())
 }
@@ -246,72 +256,57 @@ fn summarise(tracks: &[Track], check: &VideoCheck, report: &mut Report) {
     }
 }
 
-/// Decodes every frame with ffmpeg (`-v error`, output discarded), killed at the deadline.
-fn decode(path: &Path, timeout: Duration, report: &mut Report) {
-    let child = Command::new("ffmpeg")
+/// Decodes every frame with ffmpeg (`-v error`, output discarded). At the deadline ffmpeg is
+/// killed with everything it started ([`crate::process::run`]); its error lines are kept up
+/// to 64 KiB.
+fn decode(path: &Path, check: &VideoCheck, report: &mut Report) {
+    const MAX_ERROR_TEXT: usize = 64 * 1024;
+    let timeout = check.decode_timeout;
+    let mut command = Command::new(&check.ffmpeg);
+    command
         .args(["-nostdin", "-hide_banner", "-v", "error", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        .args(["-f", "null", "-"]);
+    let limits = ProcessLimits::new(timeout).with_max_output(MAX_ERROR_TEXT);
+    let output = match crate::process::run(&mut command, &limits) {
+        Ok(output) => output,
+        Err(GuardrailError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             report.info("decoded", false);
             report.warning(
                 "decode",
-                "ffmpeg is not installed (not on PATH): the deep decode check did not run",
+                format!(
+                    "{} is not installed (not on PATH): the deep decode check did not run",
+                    check.ffmpeg.display()
+                ),
+            );
+            return;
+        }
+        Err(GuardrailError::Timeout { .. }) => {
+            report.info("decoded", true);
+            report.error(
+                "decode",
+                format!("ffmpeg did not finish within {} s", timeout.as_secs_f64()),
+                Some(format!("a decode within {} s", timeout.as_secs_f64())),
+                Some("timed out".into()),
             );
             return;
         }
         Err(e) => {
-            report.error("decode", format!("ffmpeg could not start: {e}"), None, None);
+            report.error("decode", format!("ffmpeg could not run: {e}"), None, None);
             return;
         }
     };
-    // Drain stderr on a thread so a chatty ffmpeg cannot block on a full pipe.
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut s) = stderr {
-            let _ = s.read_to_string(&mut text);
-        }
-        text
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => break None,
-        }
-    };
-    let errors = reader.join().unwrap_or_default();
     report.info("decoded", true);
-    match status {
-        None => report.error(
+    let errors = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || !errors.trim().is_empty() {
+        let first: Vec<&str> = errors.lines().take(3).collect();
+        let more = if output.stderr_truncated { "+" } else { "" };
+        report.error(
             "decode",
-            format!("ffmpeg did not finish within {} s", timeout.as_secs_f64()),
-            Some(format!("a decode within {} s", timeout.as_secs_f64())),
-            Some("timed out".into()),
-        ),
-        Some(s) if !s.success() || !errors.trim().is_empty() => {
-            let first: Vec<&str> = errors.lines().take(3).collect();
-            report.error(
-                "decode",
-                format!("ffmpeg reported decode errors: {}", first.join(" | ")),
-                Some("a clean decode".into()),
-                Some(format!("{} error line(s)", errors.lines().count())),
-            );
-        }
-        Some(_) => {}
+            format!("ffmpeg reported decode errors: {}", first.join(" | ")),
+            Some("a clean decode".into()),
+            Some(format!("{}{more} error line(s)", errors.lines().count())),
+        );
     }
 }
 
