@@ -2,8 +2,10 @@
 //!
 //! A check returns a [`HealthStatus`] (or an error, which counts as unhealthy). The
 //! registry's status is the worst of its required checks; an optional check counts at most
-//! as degraded. A check that does not answer within its timeout is unhealthy (its thread is
-//! left to finish on its own: a thread cannot be killed). Each result carries its latency
+//! as degraded. A check that does not answer within its timeout is unhealthy; its thread is
+//! left to finish on its own (a thread cannot be killed), and until it does, that check is
+//! not started again: each poll reports it unhealthy at once, so a hung check holds one
+//! thread however often it is polled. Each result carries its latency
 //! and the check's last error. This is what an LLM health check is built on: one check per
 //! model.
 //!
@@ -25,6 +27,7 @@
 //! # Ok::<(), guardrails::GuardrailError>(())
 //! ```
 
+#[cfg(feature = "async")]
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -113,6 +116,36 @@ struct Check {
 
 /// What one check's run came to, before aggregation.
 type Answer = Option<(Result<HealthStatus>, Duration)>;
+
+/// A check's run handed off, not yet collected.
+enum Waiting {
+    Sync(crate::worker::Pending<(Result<HealthStatus>, Duration)>),
+    #[cfg(feature = "async")]
+    Async(mpsc::Receiver<(Result<HealthStatus>, Duration)>, Instant),
+    Refused(crate::error::GuardrailError),
+}
+
+/// The runtime that drives async checks for [`HealthRegistry::run`]: one per process, a
+/// current-thread runtime driven by one thread of its own, built on first use.
+#[cfg(feature = "async")]
+fn async_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name("guardrails-health-async".into())
+                .spawn(move || rt.block_on(std::future::pending::<()>()))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
 
 /// Named health checks; see the [module docs](self).
 #[derive(Default)]
@@ -226,56 +259,74 @@ impl HealthRegistry {
     }
 
     /// Runs every check at once, each bounded by its timeout, and aggregates.
+    ///
+    /// Sync checks run on the crate's bounded pool of deadline threads; a check whose
+    /// previous run has not returned yet is not started again but reported unhealthy at once
+    /// ("an earlier run has not returned yet"), so a hung check costs one thread however
+    /// often it is polled. Async checks run on one small tokio runtime shared by every
+    /// registry and are dropped (cancelled) at their timeout.
     pub fn run(&self) -> RegistryReport {
-        let start = Instant::now();
-        let pending: Vec<_> = self
+        let pending: Vec<Waiting> = self
             .checks
             .iter()
-            .map(|c| {
-                let (tx, rx) = mpsc::sync_channel(1);
-                let spawned = match &c.probe {
-                    Probe::Sync(f) => {
-                        let run = Arc::clone(f);
-                        std::thread::Builder::new()
-                            .name(format!("guardrails-health-{}", c.name))
-                            .spawn(move || {
-                                let began = Instant::now();
-                                let result = run();
-                                let _ = tx.send((result, began.elapsed()));
-                            })
-                            .is_ok()
+            .map(|c| match &c.probe {
+                Probe::Sync(f) => {
+                    let run = Arc::clone(f);
+                    // The probe's address names this check of this registry, not another
+                    // registry's check of the same name.
+                    let key = format!("health:{:p}", Arc::as_ptr(f));
+                    let started = crate::worker::start(
+                        &format!("health check {}", c.name),
+                        Some(&key),
+                        c.options.timeout,
+                        move || {
+                            let began = Instant::now();
+                            let result = run();
+                            Ok((result, began.elapsed()))
+                        },
+                    );
+                    match started {
+                        Ok(p) => Waiting::Sync(p),
+                        Err(e) => Waiting::Refused(e),
                     }
-                    #[cfg(feature = "async")]
-                    Probe::Async(f) => {
+                }
+                #[cfg(feature = "async")]
+                Probe::Async(f) => match async_runtime() {
+                    Some(rt) => {
+                        let (tx, rx) = mpsc::sync_channel(1);
                         let fut = f();
-                        std::thread::Builder::new()
-                            .name(format!("guardrails-health-{}", c.name))
-                            .spawn(move || {
-                                let began = Instant::now();
-                                let result = tokio::runtime::Builder::new_current_thread()
-                                    .enable_time()
-                                    .build()
-                                    .map_err(GuardrailError::from)
-                                    .and_then(|rt| rt.block_on(fut));
+                        let timeout = c.options.timeout;
+                        rt.spawn(async move {
+                            let began = tokio::time::Instant::now();
+                            if let Ok(result) = tokio::time::timeout(timeout, fut).await {
                                 let _ = tx.send((result, began.elapsed()));
-                            })
-                            .is_ok()
+                            }
+                        });
+                        Waiting::Async(rx, Instant::now() + timeout)
                     }
-                };
-                (c, rx, spawned)
+                    None => Waiting::Refused(GuardrailError::Cancelled {
+                        operation: "health check: no tokio runtime could be built".into(),
+                    }),
+                },
             })
             .collect();
         let answers = pending
             .into_iter()
-            .map(|(c, rx, spawned)| {
-                let deadline = start + c.options.timeout;
-                let answer = if spawned {
+            .map(|waiting| match waiting {
+                Waiting::Sync(p) => match p.wait() {
+                    Ok(answer) => (Some(answer), true),
+                    // A refusal (a run still in flight, a full pool) came at start; a
+                    // timeout here is this run's own.
+                    Err(e) if e.kind() == crate::error::ErrorKind::Timeout => (None, true),
+                    Err(e) => (Some((Err(e), Duration::ZERO)), true),
+                },
+                #[cfg(feature = "async")]
+                Waiting::Async(rx, deadline) => (
                     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                        .ok()
-                } else {
-                    None
-                };
-                (answer, spawned)
+                        .ok(),
+                    true,
+                ),
+                Waiting::Refused(e) => (Some((Err(e), Duration::ZERO)), true),
             })
             .collect();
         self.aggregate(answers)

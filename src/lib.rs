@@ -76,6 +76,7 @@ pub mod json_guard;
 pub mod process;
 pub mod resilience;
 pub mod resource;
+mod worker;
 
 #[cfg(feature = "async")]
 pub use clock::TokioClock;

@@ -174,3 +174,61 @@ fn async_checks_also_run_from_blocking_code() {
     let report = r.run();
     assert_eq!(report.status, HealthStatus::Degraded);
 }
+
+#[cfg(target_os = "linux")]
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// A check that never returns, polled 100 times: it holds one thread, later polls answer
+/// unhealthy at once saying an earlier run is still in flight, and the check runs again
+/// once it returns.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_hung_check_polled_100_times_holds_one_thread() {
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Mutex::new(hold);
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let mut r = HealthRegistry::new();
+    r.register(
+        "nfs",
+        CheckOptions::required(Duration::from_millis(20)),
+        move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = hold.lock().unwrap().recv();
+            Ok(HealthStatus::Healthy)
+        },
+    );
+    let first = r.run();
+    assert_eq!(first.status, HealthStatus::Unhealthy);
+    let before = thread_count();
+    for _ in 0..100 {
+        let report = r.run();
+        assert_eq!(report.status, HealthStatus::Unhealthy);
+        let err = report.checks[0].error.as_deref().unwrap();
+        assert!(err.contains("earlier run has not returned"), "{err}");
+    }
+    // Other tests in this binary run in parallel and start threads of their own; the bound
+    // is far below the 100 a thread per poll would leave.
+    assert!(
+        thread_count() <= before + 8,
+        "{} -> {}",
+        before,
+        thread_count()
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Released, the check returns (and returns at once from then on); a later poll runs it
+    // again.
+    drop(release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = r.run();
+        if report.status == HealthStatus::Healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", report.checks[0].error);
+        std::thread::yield_now();
+    }
+    assert!(runs.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}

@@ -8,7 +8,7 @@
 //!   of its own and, at the deadline, signals the whole group, so grandchildren (a shell's
 //!   `ffmpeg`, a `torchrun` worker) die with it.
 //! - A Rust thread cannot be killed: there is no safe way to stop code that does not check
-//!   for it. [`run_with_timeout`] runs the closure on a new thread and returns
+//!   for it. [`run_with_timeout`] runs the closure on a bounded pool of threads and returns
 //!   [`GuardrailError::Timeout`] to the caller as soon as the limit passes, but the closure
 //!   keeps running in the background until it returns on its own; its result is then
 //!   dropped. Memory, files and locks it holds stay held until then. Use it to keep a caller
@@ -18,7 +18,6 @@
 //! Every timeout is logged at ERROR with the operation, the elapsed time and the limit.
 
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SharedClock, SystemClock};
@@ -115,10 +114,12 @@ impl TimeoutHandler {
     }
 }
 
-/// Runs `f` on a new thread and waits at most `limit` for it.
+/// Runs `f` on the crate's bounded pool of deadline threads and waits at most `limit` for it.
 ///
 /// On timeout the caller gets [`GuardrailError::Timeout`] at once while `f` runs on
-/// unattended; see the [module docs](self) for what that means. A panic in `f` is resumed on
+/// unattended; see the [module docs](self) for what that means. Work that never returns keeps
+/// its thread: the pool holds at most 64, and once all are stuck a call is refused with
+/// [`GuardrailError::BulkheadFull`] rather than leaking more. A panic in `f` is resumed on
 /// the caller's thread, as `std::thread::scope` does.
 ///
 /// ```
@@ -134,31 +135,7 @@ where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let start = Instant::now();
-    let (tx, rx) = mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(format!("guardrails-timeout-{operation}"))
-        .spawn(move || {
-            // The receiver is gone after a timeout; the result is dropped then.
-            let _ = tx.send(f());
-        })
-        .map_err(|e| GuardrailError::Io {
-            path: None,
-            source: e,
-        })?;
-    match rx.recv_timeout(limit) {
-        Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            Err(timeout_error(operation, start.elapsed(), limit))
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            // The thread ended without sending: only possible if the send itself failed.
-            Ok(()) => Err(GuardrailError::Cancelled {
-                operation: operation.to_string(),
-            }),
-        },
-    }
+    crate::worker::run(operation, None, limit, f)
 }
 
 /// Awaits `fut` for at most `limit`; on timeout the future is dropped (cancelled, unlike a

@@ -45,7 +45,6 @@ mod trend;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -404,7 +403,6 @@ pub struct ResourceMonitor {
     limits: ResourceLimits,
     paths: Vec<PathBuf>,
     previous_cpu: Mutex<Option<CpuSample>>,
-    statvfs: Mutex<Option<StatvfsWorker>>,
     /// Per checked path: whether its filesystem can hang (network, FUSE), decided once.
     can_hang: Mutex<std::collections::HashMap<PathBuf, bool>>,
     #[cfg(target_os = "linux")]
@@ -433,7 +431,6 @@ impl ResourceMonitor {
             limits,
             paths: Vec::new(),
             previous_cpu: Mutex::new(None),
-            statvfs: Mutex::new(None),
             can_hang: Mutex::new(std::collections::HashMap::new()),
             #[cfg(target_os = "linux")]
             files: Mutex::new(linux::ProcFiles::open()),
@@ -547,74 +544,32 @@ impl ResourceMonitor {
         v
     }
 
-    /// `statvfs(path)`: directly on local filesystems; on those that can hang, on a worker
-    /// thread bounded by the limits' timeout. A call that does not return in time leaves its
-    /// worker blocked in the kernel (a thread cannot be cancelled); the next call starts a
-    /// new worker.
+    /// `statvfs(path)`: directly on local filesystems; on those that can hang, on the
+    /// crate's deadline pool, bounded by the limits' timeout. A call that does not return in
+    /// time leaves its worker blocked in the kernel (a thread cannot be cancelled); until it
+    /// returns, later calls for the same path answer "unavailable" at once instead of
+    /// blocking another thread.
     fn disk_usage(&self, path: &Path) -> DiskUsage {
         if !self.can_hang(path) {
             return statvfs(path);
         }
-        let mut slot = self.statvfs.lock().unwrap_or_else(PoisonError::into_inner);
-        let worker = match slot.take() {
-            Some(w) => w,
-            None => match StatvfsWorker::start() {
-                Some(w) => w,
-                None => {
-                    return DiskUsage::Unavailable {
-                        path: path.to_path_buf(),
-                        reason: "could not start the statvfs thread".into(),
-                    };
-                }
-            },
-        };
-        if worker.requests.send(path.to_path_buf()).is_err() {
-            return DiskUsage::Unavailable {
-                path: path.to_path_buf(),
-                reason: "statvfs thread gone".into(),
-            };
-        }
-        match worker.answers.recv_timeout(self.limits.statvfs_timeout) {
-            Ok(usage) => {
-                *slot = Some(worker);
-                usage
-            }
-            Err(_) => {
+        let owned = path.to_path_buf();
+        let key = format!("statvfs:{}", path.display());
+        match crate::worker::run(
+            "statvfs",
+            Some(&key),
+            self.limits.statvfs_timeout,
+            move || Ok(statvfs(&owned)),
+        ) {
+            Ok(usage) => usage,
+            Err(e) => {
                 tracing::warn!(path = %path.display(), timeout = ?self.limits.statvfs_timeout, "filesystem did not answer");
                 DiskUsage::Unavailable {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "statvfs did not answer within {:?}",
-                        self.limits.statvfs_timeout
-                    ),
+                    reason: e.to_string(),
                 }
             }
         }
-    }
-}
-
-/// A thread that runs `statvfs` calls, so that a hung one can be abandoned.
-#[derive(Debug)]
-struct StatvfsWorker {
-    requests: mpsc::Sender<PathBuf>,
-    answers: mpsc::Receiver<DiskUsage>,
-}
-
-impl StatvfsWorker {
-    fn start() -> Option<Self> {
-        let (requests, rx) = mpsc::channel::<PathBuf>();
-        let (tx, answers) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("guardrails-statvfs".into())
-            .spawn(move || {
-                for path in rx {
-                    if tx.send(statvfs(&path)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .ok()?;
-        Some(Self { requests, answers })
     }
 }
 
