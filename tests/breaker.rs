@@ -224,11 +224,11 @@ fn listeners_see_each_transition_once_under_contention() {
     }
     assert_eq!(b.state(), BreakerState::Open);
     assert_eq!(opens.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        b.metrics().not_permitted_calls + 10,
-        2_000,
-        "exactly 10 calls got through"
-    );
+    // The 10th recorded failure opens it; each of the other three threads may hold one call
+    // that was let through while it was still closed (admission and recording are two
+    // steps), so 10 to 13 calls get through, never more.
+    let through = 2_000 - b.metrics().not_permitted_calls;
+    assert!((10..=13).contains(&through), "{through} calls got through");
 }
 
 #[test]

@@ -450,3 +450,22 @@ fn validate_video_reports_each_file() {
     assert_eq!(v[1]["findings"][0]["check"], "truncated");
     assert_eq!(guardrails(&["validate", "video"]).status.code(), Some(2));
 }
+
+/// In human mode each finding is printed once, in the report on stdout; the library's log
+/// event for it is not echoed on stderr unless asked for with -v.
+#[test]
+fn validate_prints_each_finding_once() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/table/duplicate_ids.parquet"
+    );
+    let out = guardrails(&["validate", "table", "--unique", "id", file]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stdout.contains("unique"), "{stdout}");
+    assert!(!stderr.contains("data integrity check failed"), "{stderr}");
+    let out = guardrails(&["-v", "validate", "table", "--unique", "id", file]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("data integrity check failed"), "{stderr}");
+}

@@ -573,3 +573,13 @@ fn a_hostile_declared_size_is_refused() {
         assert_eq!(r.findings[0].found.as_deref(), Some("1099511627776 bytes"));
     }
 }
+
+/// `Default` checks exactly what `new()` checks (it once derived a weaker one: CSV final
+/// newline off, no examples kept).
+#[test]
+fn default_table_check_is_new() {
+    assert_eq!(
+        format!("{:?}", TableCheck::default()),
+        format!("{:?}", TableCheck::new())
+    );
+}

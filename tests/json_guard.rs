@@ -408,3 +408,49 @@ async fn async_run_retries_transport_on_tokio_time_and_reasks() {
         "{waited:?}"
     );
 }
+
+/// Numbers come back as the model wrote them: integers past 64 bits, `-0`, long decimals
+/// and exponents, in valid documents with and without a schema, and through repair.
+#[test]
+fn numbers_survive_exactly_as_written() {
+    let cases = [
+        r#"{"n":123456789012345678901234}"#,
+        r#"{"n":-0}"#,
+        r#"{"n":-0.0}"#,
+        r#"{"n":18446744073709551616}"#,
+        r#"{"n":-9223372036854775809}"#,
+        r#"{"n":0.1000000000000000055511151231257827}"#,
+        r#"{"n":2.5e-3}"#,
+        r#"[1,-0,340282366920938463463374607431768211456]"#,
+    ];
+    let schema = json!({"type": ["object", "array"]});
+    let numeric = json!({
+        "type": "object",
+        "properties": {"n": {"type": "number", "minimum": -1}}
+    });
+    for text in cases {
+        for g in [guard(), guard().with_schema(&schema).unwrap()] {
+            let parsed = g.parse_value(text).unwrap();
+            assert_eq!(serde_json::to_string(&parsed.value).unwrap(), text);
+            assert!(parsed.fixes.is_empty(), "{text}: {:?}", parsed.fixes);
+        }
+    }
+    // An exponent keeps its digits; serde_json spells its marker one way (same value).
+    let parsed = guard().parse_value(r#"{"n":1E400}"#).unwrap();
+    assert_eq!(
+        serde_json::to_string(&parsed.value).unwrap(),
+        r#"{"n":1e+400}"#
+    );
+    // Repair keeps the number's text too.
+    let parsed = guard()
+        .parse_value(r#"{"n": 123456789012345678901234, "m": -0,}"#)
+        .unwrap();
+    assert_eq!(
+        serde_json::to_string(&parsed.value).unwrap(),
+        r#"{"m":-0,"n":123456789012345678901234}"#
+    );
+    // The schema still sees the value of a big number.
+    let g = guard().with_schema(&numeric).unwrap();
+    assert!(g.parse_value(r#"{"n":123456789012345678901234}"#).is_ok());
+    assert!(g.parse_value(r#"{"n":-123456789012345678901234}"#).is_err());
+}

@@ -92,7 +92,7 @@ impl fmt::Display for AllowedValues {
 ///     .with_paths_exist("path");
 /// assert_eq!(check.min_rows(), Some(1000));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TableCheck {
     required: Vec<String>,
     types: Vec<(String, DataType)>,
@@ -108,6 +108,13 @@ pub struct TableCheck {
     pub(crate) csv_final_newline: bool,
     batch_checks: Vec<(String, Arc<BatchCheckFn>)>,
     max_examples: usize,
+}
+
+/// The same as [`TableCheck::new`].
+impl Default for TableCheck {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl fmt::Debug for TableCheck {
@@ -127,6 +134,7 @@ impl fmt::Debug for TableCheck {
             .field("quick", &self.quick)
             .field("csv_final_newline", &self.csv_final_newline)
             .field("batch_checks", &names)
+            .field("max_examples", &self.max_examples)
             .finish()
     }
 }
@@ -135,9 +143,20 @@ impl TableCheck {
     /// No requirement beyond a readable, non-empty table.
     pub fn new() -> Self {
         Self {
-            max_examples: 10,
+            required: Vec::new(),
+            types: Vec::new(),
+            min_rows: None,
+            max_rows: None,
+            allow_empty: false,
+            not_null: Vec::new(),
+            unique: Vec::new(),
+            allowed: Vec::new(),
+            paths_columns: Vec::new(),
+            root: None,
+            quick: false,
             csv_final_newline: true,
-            ..Self::default()
+            batch_checks: Vec::new(),
+            max_examples: 10,
         }
     }
 
