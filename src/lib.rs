@@ -64,6 +64,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod cache;
 pub mod clock;
 pub mod config;

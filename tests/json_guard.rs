@@ -363,7 +363,10 @@ fn json_guard_section_loads_and_validates() {
             .parse()
             .unwrap();
     assert_eq!(cfg.json_guard.max_retries, 5);
-    assert_eq!(cfg.json_guard.jitter, Duration::from_millis(250));
+    // `jitter`, the key's old name, is still read as `max_jitter`.
+    assert_eq!(cfg.json_guard.max_jitter, Duration::from_millis(250));
+    let cfg: GuardrailsConfig = "[json_guard]\nmax_jitter = \"1s\"\n".parse().unwrap();
+    assert_eq!(cfg.json_guard.max_jitter, Duration::from_secs(1));
     let err = "[json_guard]\nmax_depth = 0\n"
         .parse::<GuardrailsConfig>()
         .unwrap_err();

@@ -42,10 +42,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::backoff::Backoff;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{GuardrailError, Result};
 
 pub use repair::{Fix, FixKind};
+
+/// The cap on one transport backoff delay.
+const MAX_TRANSPORT_DELAY: Duration = Duration::from_secs(60);
 
 /// The `[json_guard]` section.
 ///
@@ -54,7 +58,7 @@ pub use repair::{Fix, FixKind};
 /// | `enabled` | `true` | off: text is parsed strictly, no repair, no retries |
 /// | `max_retries` | `3` | attempts after the first |
 /// | `backoff_base` | `"1s"` | first delay after a transport error, doubled each time |
-/// | `jitter` | `"500ms"` | up to this much random time added to each delay |
+/// | `max_jitter` | `"500ms"` | up to this much random time added to each delay (the key `jitter` is still read) |
 /// | `fallback_enabled` | `true` | return the fallback when every attempt fails |
 /// | `strict_schema` | `true` | schema errors fail the attempt (off: they are recorded, the value is kept) |
 /// | `repair` | `true` | repair malformed JSON (the CLI's `--strict` turns it off) |
@@ -71,9 +75,10 @@ pub struct JsonGuardConfig {
     /// First delay after a transport error.
     #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
-    /// Largest random addition to a delay.
-    #[serde(with = "humantime_serde")]
-    pub jitter: Duration,
+    /// Largest random addition to a delay. (Not [`Jitter`](crate::backoff::Jitter), the
+    /// retry loop's mode: this one only adds time.)
+    #[serde(with = "humantime_serde", alias = "jitter")]
+    pub max_jitter: Duration,
     /// Whether the fallback is used when every attempt fails.
     pub fallback_enabled: bool,
     /// Whether schema errors fail an attempt.
@@ -93,7 +98,7 @@ impl JsonGuardConfig {
             enabled: true,
             max_retries: 3,
             backoff_base: Duration::from_secs(1),
-            jitter: Duration::from_millis(500),
+            max_jitter: Duration::from_millis(500),
             fallback_enabled: true,
             strict_schema: true,
             repair: true,
@@ -485,12 +490,9 @@ impl JsonHardGuard {
     }
 
     fn transport_delay(&self, transport_failures: u32, rng: &mut fastrand::Rng) -> Duration {
-        let exp = self
-            .config
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(transport_failures.saturating_sub(1)));
-        let jitter_ns = u64::try_from(self.config.jitter.as_nanos()).unwrap_or(u64::MAX);
-        exp.saturating_add(Duration::from_nanos(rng.u64(0..=jitter_ns)))
+        let schedule = Backoff::new(self.config.backoff_base, MAX_TRANSPORT_DELAY, 2.0);
+        let delay = schedule.delay(transport_failures.saturating_sub(1));
+        crate::backoff::with_added_jitter(delay, self.config.max_jitter, rng)
     }
 
     /// Runs `generator` until its output passes, the attempts run out, and then falls back

@@ -62,22 +62,11 @@ use std::time::{Duration, Instant};
 use backon::BlockingRetryable;
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{ErrorClass, GuardrailError, Result};
 
-/// How much randomness is added to each delay, so that many clients that failed together
-/// do not retry together.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Jitter {
-    /// The exact exponential delay.
-    #[default]
-    None,
-    /// Uniform in `0..=delay` (AWS "full jitter"): the best spread, sometimes no wait.
-    Full,
-    /// `delay / 2` plus uniform in `0..=delay / 2`: never waits less than half.
-    Equal,
-}
+pub use crate::backoff::Jitter;
 
 /// Settings of a retry loop; see the [module docs](self) for the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,16 +174,7 @@ impl RetryConfig {
 
     /// The delay before retry number `n` (0-based), without jitter.
     pub fn delay_for(&self, n: u32) -> Duration {
-        let exp = i32::try_from(n).unwrap_or(i32::MAX);
-        let secs = self.initial_delay.as_secs_f64() * self.base.powi(exp);
-        let max = self.max_delay.as_secs_f64();
-        // A NaN or huge product (unvalidated input) is capped rather than allowed to panic
-        // inside Duration::from_secs_f64.
-        if secs.is_finite() && secs < max {
-            Duration::from_secs_f64(secs.max(0.0))
-        } else {
-            self.max_delay
-        }
+        Backoff::new(self.initial_delay, self.max_delay, self.base).delay(n)
     }
 }
 
@@ -500,16 +480,11 @@ impl Schedule<'_> {
     }
 
     fn jittered(&mut self, delay: Duration) -> Duration {
-        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
-        let nanos = match self.config.jitter {
-            Jitter::None => nanos,
-            Jitter::Full => self.rng().u64(0..=nanos),
-            Jitter::Equal => {
-                let half = nanos / 2;
-                half + self.rng().u64(0..=nanos - half)
-            }
-        };
-        Duration::from_nanos(nanos)
+        match self.config.jitter {
+            // No generator is made for an exact schedule.
+            Jitter::None => delay,
+            jitter => jitter.apply(delay, self.rng()),
+        }
     }
 }
 
