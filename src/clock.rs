@@ -34,7 +34,21 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn sleep(&self, duration: Duration) {
         std::thread::sleep(duration);
     }
+
+    /// Waits for `duration` without blocking the thread: tokio's sleep by default (so paused
+    /// time works); [`ManualClock`] advances and records instead, and returns at once. The
+    /// async retry loop and the JSON guard's async run wait through this.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn sleep_async(&self, duration: Duration) -> AsyncSleep {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }
+
+/// The future [`Clock::sleep_async`] returns.
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub type AsyncSleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
 /// A clock shared by the components of one pipeline.
 pub type SharedClock = Arc<dyn Clock>;
@@ -50,6 +64,11 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 
     fn sleep(&self, duration: Duration) {
         (**self).sleep(duration)
+    }
+
+    #[cfg(feature = "async")]
+    fn sleep_async(&self, duration: Duration) -> AsyncSleep {
+        (**self).sleep_async(duration)
     }
 }
 
@@ -78,7 +97,7 @@ impl Clock for SystemClock {
 /// time see the budgets and waits they expect.
 ///
 /// [`sleep`](Clock::sleep) blocks the thread and must not be called from async code; async
-/// components sleep with `tokio::time::sleep` themselves.
+/// components wait with [`sleep_async`](Clock::sleep_async).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -212,5 +231,11 @@ impl Clock for ManualClock {
             .unwrap_or_else(PoisonError::into_inner)
             .push(duration);
         self.advance(duration);
+    }
+
+    #[cfg(feature = "async")]
+    fn sleep_async(&self, duration: Duration) -> AsyncSleep {
+        self.sleep(duration);
+        Box::pin(std::future::ready(()))
     }
 }

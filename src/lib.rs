@@ -80,7 +80,7 @@ pub mod resource;
 mod worker;
 
 #[cfg(feature = "async")]
-pub use clock::TokioClock;
+pub use clock::{AsyncSleep, TokioClock};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::GuardrailsConfig;
 pub use error::{

@@ -457,3 +457,39 @@ fn numbers_survive_exactly_as_written() {
     assert!(g.parse_value(r#"{"n":123456789012345678901234}"#).is_ok());
     assert!(g.parse_value(r#"{"n":-123456789012345678901234}"#).is_err());
 }
+
+/// An injected clock is what the async run waits on: a manual clock records the transport
+/// backoff and no real or tokio time passes.
+#[cfg(feature = "async")]
+#[tokio::test]
+async fn async_run_waits_on_the_injected_clock() {
+    let clock = ManualClock::new();
+    let g = guard().with_seed(3).with_clock(clock.clone());
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    let outcome = g
+        .run_async::<Value, _, _>(|_| {
+            n += 1;
+            let attempt = n;
+            async move {
+                if attempt < 3 {
+                    Err(GuardrailError::RateLimited {
+                        name: "llm".into(),
+                        retry_after: Duration::from_secs(1),
+                    })
+                } else {
+                    Ok(Generation::from("{\"ok\": true}"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.attempts, 3);
+    let sleeps = clock.sleeps();
+    assert_eq!(sleeps.len(), 2, "{sleeps:?}");
+    // 1 s then 2 s, each plus up to 0.5 s of jitter.
+    assert!(sleeps[0] >= Duration::from_secs(1) && sleeps[0] <= Duration::from_millis(1500));
+    assert!(sleeps[1] >= Duration::from_secs(2) && sleeps[1] <= Duration::from_millis(2500));
+    // Real time did not wait out 3 s of backoff (a bound far above scheduling noise).
+    assert!(start.elapsed() < Duration::from_secs(2));
+}

@@ -233,3 +233,32 @@ proptest! {
         prop_assert!(clock.elapsed() <= Duration::from_millis(budget_ms + work_ms));
     }
 }
+
+/// The async loop waits on the policy's clock: a manual clock records the delays and the
+/// loop never touches tokio's timer (this test runs without paused time).
+#[cfg(feature = "async")]
+#[tokio::test]
+async fn async_retry_waits_on_the_injected_clock() {
+    let clock = ManualClock::new();
+    let policy = RetryPolicy::new(RetryConfig::new().with_initial_delay(Duration::from_secs(10)))
+        .unwrap()
+        .with_clock(clock.clone());
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let start = std::time::Instant::now();
+    let v = policy
+        .call_async(|| async {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+            } else {
+                Ok(7)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(
+        clock.sleeps(),
+        [Duration::from_secs(10), Duration::from_secs(20)]
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}

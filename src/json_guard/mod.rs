@@ -546,8 +546,9 @@ impl JsonHardGuard {
         run.give_up(fallback)
     }
 
-    /// Async [`run`](Self::run): `generator` returns a future; transport backoff sleeps on
-    /// tokio's timer.
+    /// Async [`run`](Self::run): `generator` returns a future; transport backoff waits with
+    /// the guard's clock's [`sleep_async`](crate::Clock::sleep_async) (tokio's timer on the
+    /// default clock; a [`ManualClock`](crate::ManualClock) advances instead).
     #[cfg(feature = "async")]
     #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
     pub async fn run_async<T, G, Fut>(&self, generator: G) -> Result<Outcome<T>>
@@ -597,7 +598,7 @@ impl JsonHardGuard {
             };
             match step {
                 Step::Done(outcome) => return Ok(outcome),
-                Step::Wait(delay) => tokio::time::sleep(delay).await,
+                Step::Wait(delay) => self.clock.sleep_async(delay).await,
                 Step::Next => {}
             }
         }

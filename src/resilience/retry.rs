@@ -309,7 +309,8 @@ impl RetryPolicy {
         })
     }
 
-    /// Awaits `f()` under the policy, sleeping with `tokio::time::sleep`. The budget is
+    /// Awaits `f()` under the policy, waiting with the clock's
+    /// [`sleep_async`](Clock::sleep_async) (tokio's sleep unless a clock was set). The budget is
     /// measured on the policy's clock when one was set, else on tokio's, so paused time works.
     ///
     /// ```
@@ -345,6 +346,8 @@ impl RetryPolicy {
             None => &crate::clock::TokioClock,
         };
         let schedule = self.schedule(clock);
+        // backon keeps its sleeper for 'static: it holds its own handle on the clock.
+        let sleeper = self.clock.clone();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let outcome = (|| {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -352,7 +355,12 @@ impl RetryPolicy {
             async move { fut.await.map_err(Failure::Error) }
         })
         .retry(schedule)
-        .sleep(tokio::time::sleep)
+        .sleep(move |delay| -> crate::clock::AsyncSleep {
+            match &sleeper {
+                Some(c) => c.sleep_async(delay),
+                None => Box::pin(tokio::time::sleep(delay)),
+            }
+        })
         .when(|failure| self.failure_retryable(failure))
         .notify(|failure, delay| {
             self.log_retry(
