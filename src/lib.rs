@@ -55,7 +55,9 @@
 //!
 //! # Layers
 //!
-//! [`error`], [`clock`] and [`config`] are the foundation; the primitives ([`resource`],
+//! [`error`], [`clock`], [`config`], [`backoff`] (the one delay schedule), [`process`] (child
+//! processes under a deadline) and a bounded pool for closures under a deadline are the
+//! foundation; the primitives ([`resource`],
 //! [`resilience`]'s guards, [`cache`], [`json_guard`], `integrity`) build on them and never on
 //! each other; [`resilience::policy`] and [`health`] compose them. See `DESIGN.md` in the
 //! repository for the map.

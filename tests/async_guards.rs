@@ -166,3 +166,41 @@ async fn async_guarded_execution_composes_in_order() {
         "both timeouts were counted"
     );
 }
+
+/// The preflight is blocking code (a resource check can wait on a hung mount): under tokio
+/// it runs on the blocking pool, never on the executor's thread, and its refusal still ends
+/// the attempt.
+#[tokio::test(flavor = "current_thread")]
+async fn async_preflight_runs_off_the_executor_thread() {
+    let executor = std::thread::current().id();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = Arc::clone(&refuse);
+    let policy = GuardPolicy::new("load").with_preflight(move || {
+        s.lock().unwrap().push(std::thread::current().id());
+        if r.load(Ordering::SeqCst) {
+            Err(GuardrailError::config("disk", "full"))
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(policy.call_async(|| async { Ok(1) }).await.unwrap(), 1);
+    refuse.store(true, Ordering::SeqCst);
+    let calls = AtomicU32::new(0);
+    let err = policy
+        .call_async(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(2)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|t| *t != executor),
+        "the preflight ran on the executor"
+    );
+}

@@ -214,6 +214,10 @@ impl GuardPolicy {
             check()?;
             self.emit(GuardEvent::PreflightPassed);
         }
+        self.admit_after_preflight()
+    }
+
+    fn admit_after_preflight(&self) -> Result<Option<BreakerPermit<'_>>> {
         let permit = match &self.breaker {
             Some(b) => {
                 let p = b.try_acquire()?;
@@ -289,12 +293,38 @@ impl GuardPolicy {
         }
     }
 
+    /// The preflight is a blocking closure (a resource check may wait up to its statvfs
+    /// timeout on a hung mount), so under tokio it runs on the blocking pool, not on the
+    /// executor; outside a tokio runtime it runs inline.
+    async fn preflight_async(&self) -> Result<()> {
+        let Some(check) = &self.preflight else {
+            return Ok(());
+        };
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let check = Arc::clone(check);
+                match handle.spawn_blocking(move || check()).await {
+                    Ok(outcome) => outcome,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Err(crate::error::GuardrailError::Cancelled {
+                        operation: format!("{}: preflight", self.name),
+                    }),
+                }
+            }
+            Err(_) => check(),
+        };
+        outcome?;
+        self.emit(GuardEvent::PreflightPassed);
+        Ok(())
+    }
+
     async fn attempt_async<T, F, Fut>(&self, f: &F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let permit = self.admit()?;
+        self.preflight_async().await?;
+        let permit = self.admit_after_preflight()?;
         let guarded = async {
             match &self.bulkhead {
                 Some(b) => {
