@@ -83,12 +83,14 @@ impl GuardrailsConfig {
     }
 
     /// Sets the `[retry]` section.
+    #[must_use]
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
     }
 
     /// Sets the `[breakers]` section.
+    #[must_use]
     pub fn with_breakers(mut self, breakers: BreakerRegistryConfig) -> Self {
         self.breakers = breakers;
         self

@@ -400,6 +400,7 @@ impl GuardrailError {
 
     /// Attaches context, merging with context already there: values set closer to the
     /// failure are kept, empty ones are filled in.
+    #[must_use]
     pub fn with_context(self, context: ErrorContext) -> Self {
         match self {
             Self::Context(mut c) => {

@@ -474,12 +474,14 @@ impl ConsistencyCheck {
     }
 
     /// A column of paths that must exist (checked with parallel `stat` calls).
+    #[must_use]
     pub fn with_paths_exist(mut self, column: impl Into<String>) -> Self {
         self.path_columns.push(column.into());
         self
     }
 
     /// The folder relative paths are resolved against (default: the table's folder).
+    #[must_use]
     pub fn with_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.root = Some(root.into());
         self
@@ -501,6 +503,7 @@ impl ConsistencyCheck {
     }
 
     /// How many missing paths or unknown ids a finding lists (default 10).
+    #[must_use]
     pub fn with_max_examples(mut self, n: usize) -> Self {
         self.max_examples = n;
         self

@@ -56,6 +56,7 @@ impl FeatureCheck {
     }
 
     /// Accepts only these dtypes.
+    #[must_use]
     pub fn with_dtypes<I, S>(mut self, dtypes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -72,24 +73,28 @@ impl FeatureCheck {
     }
 
     /// Requires this many dimensions.
+    #[must_use]
     pub fn with_rank(mut self, rank: usize) -> Self {
         self.rank = Some(rank);
         self
     }
 
     /// Requires at least this many rows.
+    #[must_use]
     pub fn with_min_rows(mut self, rows: u64) -> Self {
         self.min_rows = Some(rows);
         self
     }
 
     /// Turns the finite scan on or off.
+    #[must_use]
     pub fn with_finite(mut self, finite: bool) -> Self {
         self.finite = finite;
         self
     }
 
     /// Accepts or refuses Fortran-order arrays.
+    #[must_use]
     pub fn with_fortran_order(mut self, allow: bool) -> Self {
         self.allow_fortran_order = allow;
         self

@@ -108,30 +108,35 @@ impl JsonGuardConfig {
     }
 
     /// Turns repair on or off.
+    #[must_use]
     pub const fn with_repair(mut self, repair: bool) -> Self {
         self.repair = repair;
         self
     }
 
     /// Sets the retries.
+    #[must_use]
     pub const fn with_max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
     }
 
     /// Sets the size limit.
+    #[must_use]
     pub const fn with_max_bytes(mut self, n: usize) -> Self {
         self.max_bytes = n;
         self
     }
 
     /// Sets the nesting limit.
+    #[must_use]
     pub const fn with_max_depth(mut self, n: usize) -> Self {
         self.max_depth = n;
         self
     }
 
     /// Sets the fallback switch.
+    #[must_use]
     pub const fn with_fallback(mut self, enabled: bool) -> Self {
         self.fallback_enabled = enabled;
         self
@@ -329,12 +334,14 @@ impl JsonHardGuard {
 
     /// Sleeps between transport retries on `clock` (a [`ManualClock`](crate::ManualClock)
     /// in tests).
+    #[must_use]
     pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }
 
     /// Makes the jitter reproducible.
+    #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self

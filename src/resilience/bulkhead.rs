@@ -35,12 +35,14 @@ impl BulkheadConfig {
     }
 
     /// Sets the number of concurrent calls.
+    #[must_use]
     pub const fn with_max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = n;
         self
     }
 
     /// Lets a call wait up to `wait` for a slot.
+    #[must_use]
     pub const fn with_max_wait(mut self, wait: Duration) -> Self {
         self.max_wait = wait;
         self
@@ -243,6 +245,7 @@ impl Bulkhead {
 
 /// A slot in a [`Bulkhead`] behind an `Arc`, given back on drop; it can move into a task.
 #[derive(Debug)]
+#[must_use = "the slot is given back as soon as the permit is dropped"]
 pub struct OwnedBulkheadPermit {
     bulkhead: Arc<Bulkhead>,
 }
@@ -268,6 +271,7 @@ impl Bulkhead {
 
 /// A slot in a [`Bulkhead`], given back on drop.
 #[derive(Debug)]
+#[must_use = "the slot is given back as soon as the permit is dropped"]
 pub struct BulkheadPermit<'a> {
     bulkhead: &'a Bulkhead,
 }

@@ -113,6 +113,7 @@ impl GuardPolicy {
     }
 
     /// Retries attempts under `retry`.
+    #[must_use]
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = Some(retry);
         self
@@ -120,6 +121,7 @@ impl GuardPolicy {
 
     /// Runs `check` before each attempt; an error ends the attempt without calling `f`.
     /// This is where a resource check of a path plugs in.
+    #[must_use]
     pub fn with_preflight<P>(mut self, check: P) -> Self
     where
         P: Fn() -> Result<()> + Send + Sync + 'static,
@@ -146,24 +148,28 @@ impl GuardPolicy {
     }
 
     /// Guards attempts with `breaker`.
+    #[must_use]
     pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
         self.breaker = Some(breaker);
         self
     }
 
     /// Limits the rate of attempts.
+    #[must_use]
     pub fn with_rate_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
         self.rate_limiter = Some(limiter);
         self
     }
 
     /// Bounds each attempt (bulkhead wait included) by `limit`.
+    #[must_use]
     pub fn with_timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
         self
     }
 
     /// Limits concurrent attempts.
+    #[must_use]
     pub fn with_bulkhead(mut self, bulkhead: Arc<Bulkhead>) -> Self {
         self.bulkhead = Some(bulkhead);
         self

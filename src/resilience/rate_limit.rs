@@ -59,6 +59,7 @@ impl RateLimitConfig {
     }
 
     /// Sets the burst.
+    #[must_use]
     pub const fn with_burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);
         self

@@ -104,36 +104,42 @@ impl RetryConfig {
     }
 
     /// Sets the number of retries after the first attempt.
+    #[must_use]
     pub const fn with_max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
     }
 
     /// Sets the delay before the first retry.
+    #[must_use]
     pub const fn with_initial_delay(mut self, d: Duration) -> Self {
         self.initial_delay = d;
         self
     }
 
     /// Sets the cap on any single delay.
+    #[must_use]
     pub const fn with_max_delay(mut self, d: Duration) -> Self {
         self.max_delay = d;
         self
     }
 
     /// Sets the growth factor.
+    #[must_use]
     pub const fn with_base(mut self, base: f64) -> Self {
         self.base = base;
         self
     }
 
     /// Sets the jitter.
+    #[must_use]
     pub const fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
         self
     }
 
     /// Sets a time limit for the whole loop.
+    #[must_use]
     pub const fn with_total_budget(mut self, budget: Duration) -> Self {
         self.total_budget = Some(budget);
         self
@@ -246,6 +252,7 @@ impl RetryPolicy {
 
     /// Measures the budget and sleeps with `clock` (default: the system clock; under
     /// `call_async`, tokio's clock, so that paused time works).
+    #[must_use]
     pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
         self
@@ -262,12 +269,14 @@ impl RetryPolicy {
     }
 
     /// Makes the jitter reproducible (tests, simulations).
+    #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
     }
 
     /// The name in log events (default `"retry"`).
+    #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = Arc::from(name.into());
         self

@@ -67,6 +67,7 @@ impl TimeoutHandler {
     }
 
     /// Measures on `clock` instead, restarting the deadline at the clock's now.
+    #[must_use]
     pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
         self.start = clock.now();
         self.clock = std::sync::Arc::new(clock);

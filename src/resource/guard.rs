@@ -24,6 +24,7 @@ pub struct UsageDelta {
 
 /// A checked scope; see [`resource_guard`].
 #[derive(Debug)]
+#[must_use = "the scope is checked when the guard is finished or dropped"]
 pub struct ResourceGuard<'a> {
     monitor: &'a ResourceMonitor,
     path: Option<PathBuf>,

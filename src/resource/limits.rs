@@ -60,42 +60,49 @@ impl ResourceLimits {
     }
 
     /// Sets the process memory limit.
+    #[must_use]
     pub const fn with_max_memory_bytes(mut self, v: u64) -> Self {
         self.max_memory_bytes = v;
         self
     }
 
     /// Sets the used-disk limit.
+    #[must_use]
     pub const fn with_max_disk_bytes(mut self, v: u64) -> Self {
         self.max_disk_bytes = v;
         self
     }
 
     /// Sets the CPU limit.
+    #[must_use]
     pub const fn with_max_cpu_percent(mut self, v: f64) -> Self {
         self.max_cpu_percent = v;
         self
     }
 
     /// Sets the open-files limit.
+    #[must_use]
     pub const fn with_max_open_files(mut self, v: u64) -> Self {
         self.max_open_files = v;
         self
     }
 
     /// Sets the free-disk minimum.
+    #[must_use]
     pub const fn with_min_free_disk_bytes(mut self, v: u64) -> Self {
         self.min_free_disk_bytes = v;
         self
     }
 
     /// Sets the GPU memory limit.
+    #[must_use]
     pub const fn with_max_gpu_memory_bytes(mut self, v: u64) -> Self {
         self.max_gpu_memory_bytes = v;
         self
     }
 
     /// Sets the warning fraction.
+    #[must_use]
     pub const fn with_warning_fraction(mut self, v: f64) -> Self {
         self.warning_fraction = v;
         self

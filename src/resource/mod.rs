@@ -440,6 +440,7 @@ impl ResourceMonitor {
     }
 
     /// Adds disk paths that every snapshot measures.
+    #[must_use]
     pub fn with_paths<I, P>(mut self, paths: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -451,6 +452,7 @@ impl ResourceMonitor {
 
     /// Uses `backend`'s readers; [`Backend::Direct`] is only available on Linux and falls
     /// back to [`Backend::Portable`] elsewhere.
+    #[must_use]
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self

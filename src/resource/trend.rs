@@ -211,18 +211,21 @@ impl SamplerConfig {
     }
 
     /// Sets the interval.
+    #[must_use]
     pub const fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
 
     /// Sets the horizon.
+    #[must_use]
     pub const fn with_horizon(mut self, horizon: Duration) -> Self {
         self.horizon = horizon;
         self
     }
 
     /// Sets the samples needed before a trend is trusted.
+    #[must_use]
     pub const fn with_min_samples(mut self, n: usize) -> Self {
         self.min_samples = n;
         self

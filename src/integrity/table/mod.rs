@@ -161,6 +161,7 @@ impl TableCheck {
     }
 
     /// Columns that must be present.
+    #[must_use]
     pub fn with_required_columns<I, S>(mut self, columns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -172,30 +173,35 @@ impl TableCheck {
 
     /// A column that must be present with this type. Strings match whatever their layout
     /// (`Utf8`, `LargeUtf8`, `Utf8View`, dictionary-encoded), as do binaries.
+    #[must_use]
     pub fn with_column_type(mut self, column: impl Into<String>, data_type: DataType) -> Self {
         self.types.push((column.into(), data_type));
         self
     }
 
     /// At least this many rows.
+    #[must_use]
     pub fn with_min_rows(mut self, rows: u64) -> Self {
         self.min_rows = Some(rows);
         self
     }
 
     /// At most this many rows.
+    #[must_use]
     pub fn with_max_rows(mut self, rows: u64) -> Self {
         self.max_rows = Some(rows);
         self
     }
 
     /// Whether a table with no rows passes (default: no).
+    #[must_use]
     pub fn with_allow_empty(mut self, allow: bool) -> Self {
         self.allow_empty = allow;
         self
     }
 
     /// Columns that must hold no null.
+    #[must_use]
     pub fn with_not_null<I, S>(mut self, columns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -206,6 +212,7 @@ impl TableCheck {
     }
 
     /// Columns whose values must all differ (nulls are not compared).
+    #[must_use]
     pub fn with_unique<I, S>(mut self, columns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -216,6 +223,7 @@ impl TableCheck {
     }
 
     /// The values a column may hold (nulls are left to [`with_not_null`](Self::with_not_null)).
+    #[must_use]
     pub fn with_allowed(mut self, column: impl Into<String>, allowed: AllowedValues) -> Self {
         self.allowed.push((column.into(), allowed));
         self
@@ -224,12 +232,14 @@ impl TableCheck {
     /// A column of file paths that must exist (call again for more columns). Relative
     /// paths are resolved against [`with_root`](Self::with_root), by default the table's
     /// folder.
+    #[must_use]
     pub fn with_paths_exist(mut self, column: impl Into<String>) -> Self {
         self.paths_columns.push(column.into());
         self
     }
 
     /// The folder relative paths are resolved against.
+    #[must_use]
     pub fn with_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.root = Some(root.into());
         self
@@ -239,6 +249,7 @@ impl TableCheck {
     /// answer the row count and null checks without reading pages. Columns whose
     /// statistics are missing are scanned, and the report says so. Value checks (unique,
     /// allowed values, paths, batch checks) always read their columns.
+    #[must_use]
     pub fn with_quick(mut self, quick: bool) -> Self {
         self.quick = quick;
         self
@@ -247,12 +258,14 @@ impl TableCheck {
     /// Whether a CSV whose last line has no line terminator fails (default: yes). A cut
     /// at any byte but a line end leaves such a line, and it is the only sign of it; turn
     /// this off for files from writers that omit the last terminator.
+    #[must_use]
     pub fn with_csv_final_newline(mut self, require: bool) -> Self {
         self.csv_final_newline = require;
         self
     }
 
     /// A named check run over every record batch.
+    #[must_use]
     pub fn with_batch_check<F>(mut self, name: impl Into<String>, check: F) -> Self
     where
         F: Fn(&RecordBatch) -> std::result::Result<(), String> + Send + Sync + 'static,
@@ -262,6 +275,7 @@ impl TableCheck {
     }
 
     /// How many offending rows or paths a finding lists (default 10).
+    #[must_use]
     pub fn with_max_examples(mut self, n: usize) -> Self {
         self.max_examples = n;
         self

@@ -75,6 +75,7 @@ impl VideoCheck {
     }
 
     /// Accepts only these video codecs.
+    #[must_use]
     pub fn with_codecs<I, S>(mut self, codecs: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -85,36 +86,42 @@ impl VideoCheck {
     }
 
     /// Requires at least this duration.
+    #[must_use]
     pub fn with_min_duration(mut self, d: Duration) -> Self {
         self.min_duration = Some(d);
         self
     }
 
     /// Requires at least this many video frames.
+    #[must_use]
     pub fn with_min_frames(mut self, n: u64) -> Self {
         self.min_frames = Some(n);
         self
     }
 
     /// Turns Matroska CRC-32 verification on or off.
+    #[must_use]
     pub fn with_checksums(mut self, on: bool) -> Self {
         self.checksums = on;
         self
     }
 
     /// Turns the ffmpeg decode on or off.
+    #[must_use]
     pub fn with_decode(mut self, on: bool) -> Self {
         self.decode = on;
         self
     }
 
     /// Bounds the ffmpeg decode.
+    #[must_use]
     pub fn with_decode_timeout(mut self, t: Duration) -> Self {
         self.decode_timeout = t;
         self
     }
 
     /// Runs this ffmpeg for the decode instead of the one on `PATH`.
+    #[must_use]
     pub fn with_ffmpeg(mut self, program: impl Into<std::path::PathBuf>) -> Self {
         self.ffmpeg = program.into();
         self

@@ -82,6 +82,7 @@ impl BreakerConfig {
     }
 
     /// Sets the window kind and size (calls or seconds).
+    #[must_use]
     pub const fn with_window(mut self, kind: WindowKind, size: u32) -> Self {
         self.window = kind;
         self.window_size = size;
@@ -89,12 +90,14 @@ impl BreakerConfig {
     }
 
     /// Sets the calls needed before rates are judged.
+    #[must_use]
     pub const fn with_minimum_calls(mut self, n: u32) -> Self {
         self.minimum_calls = n;
         self
     }
 
     /// Sets the failure rate threshold, in (0, 1].
+    #[must_use]
     pub const fn with_failure_rate_threshold(mut self, rate: f64) -> Self {
         self.failure_rate_threshold = rate;
         self
@@ -102,6 +105,7 @@ impl BreakerConfig {
 
     /// Turns on slow-call detection: calls of at least `duration` are slow, and the breaker
     /// opens when their share reaches `rate`.
+    #[must_use]
     pub const fn with_slow_calls(mut self, duration: Duration, rate: f64) -> Self {
         self.slow_call_duration = Some(duration);
         self.slow_call_rate_threshold = rate;
@@ -109,18 +113,21 @@ impl BreakerConfig {
     }
 
     /// Sets how long the breaker stays open.
+    #[must_use]
     pub const fn with_wait_in_open(mut self, wait: Duration) -> Self {
         self.wait_in_open = wait;
         self
     }
 
     /// Sets the number of trial calls in half-open.
+    #[must_use]
     pub const fn with_half_open_calls(mut self, n: u32) -> Self {
         self.half_open_calls = n;
         self
     }
 
     /// Reopens a half-open breaker whose trial calls take longer than `wait` in all.
+    #[must_use]
     pub const fn with_max_wait_in_half_open(mut self, wait: Duration) -> Self {
         self.max_wait_in_half_open = Some(wait);
         self

@@ -297,6 +297,7 @@ impl CircuitBreaker {
     }
 
     /// Replaces the rule that decides which errors count as failures.
+    #[must_use]
     pub fn with_classifier<F>(mut self, classifier: F) -> Self
     where
         F: Fn(&GuardrailError) -> CallOutcome + Send + Sync + 'static,
@@ -733,6 +734,7 @@ impl CircuitBreaker {
 ///
 /// [`BreakerPermit`] borrows its breaker; [`OwnedBreakerPermit`] holds an `Arc` of it and can
 /// move into a spawned task.
+#[must_use = "a permit dropped unrecorded gives its call back without an outcome"]
 pub struct Permit<B: Deref<Target = CircuitBreaker>> {
     breaker: B,
     grant: Option<Grant>,

@@ -41,6 +41,7 @@ impl BreakerRegistryConfig {
     }
 
     /// Adds an override for `name`.
+    #[must_use]
     pub fn with_override(mut self, name: impl Into<String>, changes: BreakerOverride) -> Self {
         self.per_name.insert(name.into(), changes);
         self
