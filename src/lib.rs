@@ -76,6 +76,7 @@ pub mod health;
 #[cfg_attr(docsrs, doc(cfg(feature = "data")))]
 pub mod integrity;
 pub mod json_guard;
+mod listeners;
 pub mod process;
 pub mod resilience;
 pub mod resource;

@@ -346,10 +346,8 @@ impl Predictor {
     }
 }
 
-type Listener = Arc<dyn Fn(&SamplerEvent) + Send + Sync>;
-
 struct Shared {
-    listeners: Mutex<Vec<Listener>>,
+    listeners: crate::listeners::Listeners<SamplerEvent>,
     latest: Mutex<Option<HealthReport>>,
     alerts: Mutex<Vec<PredictiveAlert>>,
 }
@@ -390,16 +388,8 @@ impl Core {
             .latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(report);
-        let listeners: Vec<Listener> = self
-            .shared
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         for e in &events {
-            for l in &listeners {
-                l(e);
-            }
+            self.shared.listeners.notify(e);
         }
     }
 }
@@ -445,7 +435,7 @@ impl ResourceSampler {
         clock: SharedClock,
     ) -> Result<(Core, Arc<Shared>)> {
         let shared = Arc::new(Shared {
-            listeners: Mutex::new(Vec::new()),
+            listeners: Default::default(),
             latest: Mutex::new(None),
             alerts: Mutex::new(Vec::new()),
         });
@@ -536,11 +526,7 @@ impl ResourceSampler {
     where
         F: Fn(&SamplerEvent) + Send + Sync + 'static,
     {
-        self.shared
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::new(listener));
+        self.shared.listeners.add(listener);
     }
 
     /// The latest report, once the first sample is in.

@@ -1,6 +1,6 @@
 //! Ordered alternatives behind breakers: the seed's creative → balanced → fast downshift.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,8 +30,6 @@ pub struct Downshift {
     pub served: String,
 }
 
-type DownshiftListener = Arc<dyn Fn(&Downshift) + Send + Sync>;
-
 /// Sends each call to the first alternative whose breaker permits it; if that call fails
 /// (as its breaker counts failures), the next one is tried. Serving from any but the first
 /// is a downshift: a WARN event and a call to the listeners.
@@ -52,7 +50,7 @@ type DownshiftListener = Arc<dyn Fn(&Downshift) + Send + Sync>;
 pub struct FallbackChain {
     name: String,
     alternatives: Vec<Arc<CircuitBreaker>>,
-    listeners: Mutex<Vec<DownshiftListener>>,
+    listeners: crate::listeners::Listeners<Downshift>,
 }
 
 impl std::fmt::Debug for FallbackChain {
@@ -78,7 +76,7 @@ impl FallbackChain {
         Ok(Self {
             name,
             alternatives,
-            listeners: Mutex::new(Vec::new()),
+            listeners: Default::default(),
         })
     }
 
@@ -100,10 +98,7 @@ impl FallbackChain {
     where
         F: Fn(&Downshift) + Send + Sync + 'static,
     {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::new(listener));
+        self.listeners.add(listener);
     }
 
     /// Runs `f(alternative_name)` on the first alternative that permits it and succeeds.
@@ -166,13 +161,6 @@ impl FallbackChain {
             served: served.to_string(),
         };
         tracing::warn!(chain = %event.chain, preferred = %event.preferred, served = %event.served, "downshift");
-        let listeners: Vec<DownshiftListener> = self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for l in listeners {
-            l(&event);
-        }
+        self.listeners.notify(&event);
     }
 }

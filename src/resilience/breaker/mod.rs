@@ -192,7 +192,6 @@ pub struct BreakerMetrics {
 }
 
 type Classifier = Arc<dyn Fn(&GuardrailError) -> CallOutcome + Send + Sync>;
-type Listener = Arc<dyn Fn(&StateTransition) + Send + Sync>;
 
 // State word layout: bits 0..3 state code, bit 3 "warming" (closed and minimum calls not yet
 // reached: successes go through the lock so the crossing is judged), bits 8.. generation.
@@ -233,7 +232,7 @@ pub struct CircuitBreaker {
     not_permitted: AtomicU64,
     timed: bool,
     classifier: Classifier,
-    listeners: Mutex<Vec<Listener>>,
+    pub(super) listeners: crate::listeners::Listeners<StateTransition>,
     transition_lock: Mutex<()>,
 }
 
@@ -290,7 +289,7 @@ impl CircuitBreaker {
             not_permitted: AtomicU64::new(0),
             timed,
             classifier: Arc::new(default_classifier),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Default::default(),
             transition_lock: Mutex::new(()),
             config,
         })
@@ -322,10 +321,7 @@ impl CircuitBreaker {
     where
         F: Fn(&StateTransition) + Send + Sync + 'static,
     {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::new(listener));
+        self.listeners.add(listener);
     }
 
     /// The current state (this may move an open breaker whose wait is over to half-open).
@@ -719,14 +715,7 @@ impl CircuitBreaker {
                 "circuit breaker state change"
             ),
         }
-        let listeners: Vec<Listener> = self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for listener in listeners {
-            listener(event);
-        }
+        self.listeners.notify(event);
     }
 }
 

@@ -1,15 +1,13 @@
 //! Named breakers with shared defaults and per-name overrides.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use super::{BreakerConfig, BreakerMetrics, BreakerOverride, CircuitBreaker, StateTransition};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{GuardrailError, Result};
-
-type Listener = Arc<dyn Fn(&StateTransition) + Send + Sync>;
 
 /// The `[breakers]` section: defaults for every breaker and changes for some names.
 ///
@@ -100,7 +98,7 @@ pub struct BreakerRegistry {
     config: BreakerRegistryConfig,
     clock: SharedClock,
     breakers: RwLock<HashMap<String, Arc<CircuitBreaker>>>,
-    listeners: Mutex<Vec<Listener>>,
+    listeners: crate::listeners::Listeners<StateTransition>,
 }
 
 impl std::fmt::Debug for BreakerRegistry {
@@ -125,7 +123,7 @@ impl BreakerRegistry {
             config,
             clock: Arc::new(clock),
             breakers: RwLock::new(HashMap::new()),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Default::default(),
         })
     }
 
@@ -151,14 +149,8 @@ impl BreakerRegistry {
             self.config.config_for(name),
             Arc::clone(&self.clock),
         )?;
-        for listener in self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let listener = Arc::clone(listener);
-            breaker.on_state_change(move |t| listener(t));
+        for listener in self.listeners.snapshot() {
+            breaker.listeners.add_shared(listener);
         }
         let breaker = Arc::new(breaker);
         map.insert(name.to_string(), Arc::clone(&breaker));
@@ -170,16 +162,12 @@ impl BreakerRegistry {
     where
         F: Fn(&StateTransition) + Send + Sync + 'static,
     {
-        let listener: Listener = Arc::new(listener);
+        let listener: crate::listeners::Listener<StateTransition> = Arc::new(listener);
         // Hold the map lock so a breaker made concurrently gets the listener exactly once.
         let map = self.breakers.read().unwrap_or_else(PoisonError::into_inner);
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(&listener));
+        self.listeners.add_shared(Arc::clone(&listener));
         for breaker in map.values() {
-            let listener = Arc::clone(&listener);
-            breaker.on_state_change(move |t| listener(t));
+            breaker.listeners.add_shared(Arc::clone(&listener));
         }
     }
 
