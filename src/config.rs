@@ -136,7 +136,7 @@ impl GuardrailsConfig {
     /// size cap, so a wrong path to a huge file cannot exhaust memory.
     pub fn diagnose_path(path: impl AsRef<Path>) -> std::result::Result<Self, Vec<GuardrailError>> {
         let path = path.as_ref();
-        let text = read_bounded(path).map_err(|e| vec![e])?;
+        let text = read_text_bounded(path, MAX_CONFIG_BYTES, ".").map_err(|e| vec![e])?;
         Self::diagnose(&text)
     }
 
@@ -214,18 +214,34 @@ fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> GuardrailError 
     GuardrailError::config(field, reason)
 }
 
-fn read_bounded(path: &Path) -> Result<String> {
+/// Reads a text file of at most `max_bytes`: a larger file is refused with a
+/// [`GuardrailError::Config`] naming `field` and the file, before more than `max_bytes + 1`
+/// bytes are read, so a config or schema path pointed at `/dev/zero` or a 50 GB log cannot
+/// exhaust memory.
+///
+/// ```
+/// use guardrails::config::read_text_bounded;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("schema.json");
+/// std::fs::write(&path, r#"{"type": "object"}"#)?;
+/// assert!(read_text_bounded(&path, 1024, "schema").is_ok());
+/// let err = read_text_bounded(&path, 4, "schema").unwrap_err();
+/// assert!(err.to_string().contains("larger than 4 bytes"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_text_bounded(path: &Path, max_bytes: u64, field: &str) -> Result<String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
     let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
+    file.take(max_bytes.saturating_add(1))
         .read_to_string(&mut text)
         .map_err(|e| GuardrailError::io(path, e))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
+    if text.len() as u64 > max_bytes {
         return Err(GuardrailError::config(
-            ".",
+            field,
             format!(
-                "{} is larger than {MAX_CONFIG_BYTES} bytes, the limit for a config file",
+                "{} is larger than {max_bytes} bytes, the limit for this file",
                 path.display()
             ),
         ));

@@ -287,6 +287,11 @@ fn json_exit_codes() {
             .code(),
         Some(2)
     );
+    // A schema path pointed at an endless file is refused after 4 MiB, not read to the end.
+    let out = guardrails_stdin(&["json", "--schema", "/dev/zero"], "{}");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("larger than 4194304 bytes"), "{stderr}");
 }
 
 #[test]

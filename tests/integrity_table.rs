@@ -583,3 +583,114 @@ fn default_table_check_is_new() {
         format!("{:?}", TableCheck::new())
     );
 }
+
+/// A Parquet file of an Int64 column `id` and a Utf8 column `name`, written in batches of
+/// 8 192 rows so a scan sees many batches.
+fn write_ids(path: &std::path::Path, ids: impl Iterator<Item = i64>) {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{Field, Schema};
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+    ]));
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+    let ids: Vec<i64> = ids.collect();
+    for chunk in ids.chunks(8192) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("clip-{i:08}")).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(chunk.to_vec())),
+            Arc::new(StringArray::from(names)),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+            .unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// With a memory limit small enough to spill sorted runs to disk, `unique` finds the same
+/// duplicates, with the same examples, as when everything fits in memory.
+#[test]
+fn unique_answers_the_same_after_spilling_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ids.parquet");
+    // 40 000 rows, 30 000 distinct: rows 30 000.. repeat rows 0..10 000.
+    write_ids(&path, (0..40_000).map(|i| i % 30_000));
+    let base = TableCheck::new()
+        .with_unique(["id", "name"])
+        .with_max_examples(3);
+    let in_memory = run(&path, &base);
+    let spilled = run(&path, &base.clone().with_memory_limit(0));
+    for r in [&in_memory, &spilled] {
+        assert_eq!(failed_checks(r), ["unique", "unique"], "{:#?}", r.findings);
+        assert_eq!(
+            r.findings[0].message,
+            "column id has 10000 duplicate value(s), e.g. row 30000: 0; row 30001: 1; row 30002: 2"
+        );
+        assert_eq!(
+            r.findings[1].message,
+            "column name has 10000 duplicate value(s), e.g. row 30000: the value of row 0; \
+             row 30001: the value of row 1; row 30002: the value of row 2"
+        );
+    }
+    assert!(!in_memory.info.contains_key("unique_spilled_runs.id"));
+    let runs = &spilled.info["unique_spilled_runs.id"];
+    assert!(runs["runs"].as_u64().unwrap() >= 9, "{runs}");
+    assert_eq!(runs["values"], 40_000);
+
+    // Distinct values pass both ways.
+    let distinct = dir.path().join("distinct.parquet");
+    write_ids(&distinct, 0..40_000);
+    assert!(run(&distinct, &base.clone().with_memory_limit(0)).ok);
+    assert!(run(&distinct, &base).ok);
+}
+
+/// The id-subset check merges both sides in key order, in memory or spilled: the same
+/// unknown ids, shown by value.
+#[test]
+fn id_subsets_answer_the_same_after_spilling_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, reference) = (
+        dir.path().join("ids.parquet"),
+        dir.path().join("ref.parquet"),
+    );
+    write_ids(&ids, (0..20_000).rev());
+    write_ids(&reference, 0..15_000);
+    let checker = DataIntegrityChecker::new();
+    for limit in [guardrails::integrity::DEFAULT_MEMORY_LIMIT, 0] {
+        let check = ConsistencyCheck::new()
+            .with_ids_subset_of("name", &reference, "name")
+            .with_max_examples(2)
+            .with_memory_limit(limit);
+        let r = checker.validate_data_consistency(&ids, &check).unwrap();
+        assert_eq!(failed_checks(&r), ["id_subset"], "limit {limit}");
+        // Rows 0 and 1 hold the largest ids, 19 999 and 19 998.
+        assert!(
+            r.findings[0]
+                .message
+                .starts_with("5000 id(s) in column name are not in"),
+            "{}",
+            r.findings[0].message
+        );
+        assert!(
+            r.findings[0]
+                .message
+                .ends_with("first: clip-00019999, clip-00019998"),
+            "{}",
+            r.findings[0].message
+        );
+        assert_eq!(r.info["ids_checked.name"], 20_000);
+        let ok = ConsistencyCheck::new()
+            .with_ids_subset_of("id", &ids, "id")
+            .with_memory_limit(limit);
+        assert!(
+            checker
+                .validate_data_consistency(&reference, &ok)
+                .unwrap()
+                .ok
+        );
+    }
+}

@@ -30,8 +30,10 @@
 //! # Ok::<(), guardrails::GuardrailError>(())
 //! ```
 
+mod consistency;
 mod npy;
 mod refs;
+mod spill;
 mod table;
 mod video;
 
@@ -45,8 +47,9 @@ use serde_json::Value;
 
 use crate::error::{GuardrailError, Result};
 
+pub use consistency::ConsistencyCheck;
 pub use npy::FeatureCheck;
-pub use table::{AllowedValues, BatchCheckFn, TableCheck};
+pub use table::{AllowedValues, BatchCheckFn, DEFAULT_MEMORY_LIMIT, TableCheck};
 pub use video::VideoCheck;
 
 /// A file format, as its first bytes tell it.
@@ -330,188 +333,6 @@ impl DataIntegrityChecker {
         let (_, _, mut report) = open_report(path, "table")?;
         let batches = table::check_table(path, report.format, check, keep, &mut report)?;
         Ok((report, batches))
-    }
-
-    /// Checks that a table agrees with the files and tables around it: the paths in its
-    /// path columns exist, and its id columns only hold ids found in reference tables.
-    pub fn validate_data_consistency(
-        &self,
-        path: impl AsRef<Path>,
-        check: &ConsistencyCheck,
-    ) -> Result<Report> {
-        let path = path.as_ref();
-        let mut table = TableCheck::new()
-            .with_allow_empty(true)
-            .with_max_examples(check.max_examples)
-            .with_required_columns(check.id_subsets.iter().map(|s| s.column.clone()));
-        for column in &check.path_columns {
-            table = table
-                .with_paths_exist(column.clone())
-                .with_required_columns([column.clone()]);
-        }
-        if let Some(root) = &check.root {
-            table = table.with_root(root.clone());
-        }
-        let (mut report, batches) = self.load_metadata_file(path, &table)?;
-        report.kind = "consistency";
-        for subset in &check.id_subsets {
-            let (ref_report, ref_batches) = self.load_metadata_file(
-                &subset.reference,
-                &TableCheck::new()
-                    .with_allow_empty(true)
-                    .with_required_columns([subset.reference_column.clone()]),
-            )?;
-            if !ref_report.ok {
-                report.error(
-                    "id_subset",
-                    format!(
-                        "the reference table {} cannot be used: {}",
-                        subset.reference.display(),
-                        ref_report
-                            .findings
-                            .first()
-                            .map_or("", |f| f.message.as_str())
-                    ),
-                    Some("a readable reference table".into()),
-                    None,
-                );
-                continue;
-            }
-            let known: std::collections::HashSet<String> =
-                column_strings(&ref_batches, &subset.reference_column)
-                    .into_iter()
-                    .collect();
-            let ids = column_strings(&batches, &subset.column);
-            let unknown: Vec<&String> = ids.iter().filter(|id| !known.contains(*id)).collect();
-            report.info(&format!("ids_checked.{}", subset.column), ids.len());
-            if !unknown.is_empty() {
-                let first: Vec<&str> = unknown
-                    .iter()
-                    .take(check.max_examples)
-                    .map(|s| s.as_str())
-                    .collect();
-                report.error(
-                    "id_subset",
-                    format!(
-                        "{} id(s) in column {} are not in {} column {}; first: {}",
-                        unknown.len(),
-                        subset.column,
-                        subset.reference.display(),
-                        subset.reference_column,
-                        first.join(", ")
-                    ),
-                    Some(format!("every id in {}", subset.reference.display())),
-                    Some(format!("{} unknown ids", unknown.len())),
-                );
-            }
-        }
-        Ok(report)
-    }
-}
-
-/// The non-null values of a column as text (ints and strings compare by their text).
-fn column_strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
-    use arrow_array::cast::AsArray;
-    let mut out = Vec::new();
-    for batch in batches {
-        if let Some(array) = batch.column_by_name(column)
-            && let Ok(strings) = arrow_cast::cast(array, &arrow_schema::DataType::Utf8)
-        {
-            out.extend(
-                strings
-                    .as_string::<i32>()
-                    .iter()
-                    .flatten()
-                    .map(str::to_string),
-            );
-        }
-    }
-    out
-}
-
-/// What [`DataIntegrityChecker::validate_data_consistency`] checks.
-///
-/// ```
-/// use guardrails::integrity::ConsistencyCheck;
-///
-/// let check = ConsistencyCheck::new()
-///     .with_paths_exist("video_path")
-///     .with_paths_exist("feature_path")
-///     .with_root("/data")
-///     .with_ids_subset_of("clip_id", "clips.parquet", "id");
-/// assert_eq!(check.path_columns().len(), 2);
-/// ```
-#[derive(Debug, Clone)]
-pub struct ConsistencyCheck {
-    path_columns: Vec<String>,
-    root: Option<PathBuf>,
-    id_subsets: Vec<IdSubset>,
-    max_examples: usize,
-}
-
-#[derive(Debug, Clone)]
-struct IdSubset {
-    column: String,
-    reference: PathBuf,
-    reference_column: String,
-}
-
-impl Default for ConsistencyCheck {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ConsistencyCheck {
-    /// Nothing to check yet.
-    pub fn new() -> Self {
-        Self {
-            path_columns: Vec::new(),
-            root: None,
-            id_subsets: Vec::new(),
-            max_examples: 10,
-        }
-    }
-
-    /// A column of paths that must exist (checked with parallel `stat` calls).
-    #[must_use]
-    pub fn with_paths_exist(mut self, column: impl Into<String>) -> Self {
-        self.path_columns.push(column.into());
-        self
-    }
-
-    /// The folder relative paths are resolved against (default: the table's folder).
-    #[must_use]
-    pub fn with_root(mut self, root: impl Into<PathBuf>) -> Self {
-        self.root = Some(root.into());
-        self
-    }
-
-    /// Every value of `column` must appear in `reference_column` of the table at `reference`.
-    pub fn with_ids_subset_of(
-        mut self,
-        column: impl Into<String>,
-        reference: impl Into<PathBuf>,
-        reference_column: impl Into<String>,
-    ) -> Self {
-        self.id_subsets.push(IdSubset {
-            column: column.into(),
-            reference: reference.into(),
-            reference_column: reference_column.into(),
-        });
-        self
-    }
-
-    /// How many missing paths or unknown ids a finding lists (default 10).
-    #[must_use]
-    pub fn with_max_examples(mut self, n: usize) -> Self {
-        self.max_examples = n;
-        self
-    }
-
-    /// The path columns to check.
-    pub fn path_columns(&self) -> &[String] {
-        &self.path_columns
     }
 }
 

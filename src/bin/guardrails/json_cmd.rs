@@ -5,14 +5,19 @@ use std::path::PathBuf;
 
 use clap::Args;
 use guardrails::GuardrailError;
+use guardrails::config::read_text_bounded;
 use guardrails::json_guard::{JsonGuardConfig, JsonHardGuard};
 
 use crate::Status;
 use crate::output::Output;
 
+/// The largest schema file read: schemas are kilobytes; a path to the wrong file must not
+/// fill memory.
+const MAX_SCHEMA_BYTES: u64 = 4 << 20;
+
 #[derive(Debug, Args)]
 pub struct JsonArgs {
-    /// A JSON Schema file the value must match.
+    /// A JSON Schema file the value must match (at most 4 MiB).
     #[arg(long, value_name = "FILE")]
     schema: Option<PathBuf>,
     /// No repair: only valid JSON (after extraction from fences or prose) passes.
@@ -37,7 +42,7 @@ fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
     let guard = JsonHardGuard::new(config)?;
     match &args.schema {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| GuardrailError::io(path, e))?;
+            let text = read_text_bounded(path, MAX_SCHEMA_BYTES, "schema")?;
             let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 GuardrailError::config("schema", format!("{} is not JSON: {e}", path.display()))
             })?;

@@ -7,16 +7,16 @@ mod parquet;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::types::{Float64Type, Int64Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
-use hashbrown::HashSet;
 
-use super::{Format, Report, refs};
+use super::{Format, Report, refs, spill};
 use crate::error::Result;
 
 pub(crate) use self::csv::looks_like_csv;
@@ -108,7 +108,11 @@ pub struct TableCheck {
     pub(crate) csv_final_newline: bool,
     batch_checks: Vec<(String, Arc<BatchCheckFn>)>,
     max_examples: usize,
+    memory_limit: usize,
 }
+
+/// What one `unique` column may hold in memory before it spills sorted runs to disk.
+pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 
 /// The same as [`TableCheck::new`].
 impl Default for TableCheck {
@@ -135,6 +139,7 @@ impl fmt::Debug for TableCheck {
             .field("csv_final_newline", &self.csv_final_newline)
             .field("batch_checks", &names)
             .field("max_examples", &self.max_examples)
+            .field("memory_limit", &self.memory_limit)
             .finish()
     }
 }
@@ -157,6 +162,7 @@ impl TableCheck {
             csv_final_newline: true,
             batch_checks: Vec::new(),
             max_examples: 10,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 
@@ -278,6 +284,20 @@ impl TableCheck {
     #[must_use]
     pub fn with_max_examples(mut self, n: usize) -> Self {
         self.max_examples = n;
+        self
+    }
+
+    /// The most memory the `unique` check holds for one column (default
+    /// [`DEFAULT_MEMORY_LIMIT`], 64 MiB). Each value costs 24 bytes whatever its size:
+    /// integers are kept exactly, other values as a 128-bit XXH3 hash seeded at random per
+    /// check (for `n` distinct values two collide with a chance below `n² / 2¹²⁹`, and a
+    /// collision can only report a duplicate, never hide one). Past the limit the values are
+    /// sorted and written to an anonymous temporary file and the runs are merged at the end,
+    /// so memory stays bounded whatever the row count; the disk holds 24 bytes per value.
+    /// Examples of repeated non-integer values name the earlier row they repeat.
+    #[must_use]
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
         self
     }
 
@@ -448,13 +468,23 @@ pub(crate) struct TableScan<'a> {
     kept: Option<Vec<RecordBatch>>,
 }
 
+/// The `unique` check of one column: every non-null value's key and row, sorted at the end
+/// (see [`spill`] for the memory bound and the collision bound).
 struct UniqueState {
-    ints: HashSet<i64>,
-    rows: HashSet<Box<[u8]>>,
-    converter: Option<arrow_row::RowConverter>,
-    duplicates: u64,
-    examples: Vec<String>,
+    keys: spill::SpillSort,
+    kind: KeyKind,
+    /// Set when the column cannot be checked; the finding says why.
     unsupported: Option<String>,
+}
+
+/// How a column's values become keys.
+enum KeyKind {
+    /// Signed or small unsigned integers, widened to i64: the key is the value.
+    Signed,
+    /// u64: the key is the value.
+    Unsigned,
+    /// Anything else arrow can order: a hash of its row-format bytes.
+    Hashed(arrow_row::RowConverter, spill::KeyHasher),
 }
 
 struct ValueViolations {
@@ -532,11 +562,10 @@ impl<'a> TableScan<'a> {
         }
         for column in &self.check.unique {
             if let Ok(idx) = schema.index_of(column) {
-                let state = self
-                    .unique
-                    .entry(column.clone())
-                    .or_insert_with(|| UniqueState::new(batch.column(idx).data_type()));
-                state.push(batch.column(idx), offset, self.check.max_examples);
+                let state = self.unique.entry(column.clone()).or_insert_with(|| {
+                    UniqueState::new(batch.column(idx).data_type(), self.check.memory_limit)
+                });
+                state.push(batch.column(idx), offset);
             }
         }
         for (i, (column, allowed)) in self.check.allowed.iter().enumerate() {
@@ -617,22 +646,36 @@ impl<'a> TableScan<'a> {
                 );
             }
         }
+        let mut unique = self.unique;
         for column in &check.unique {
-            let Some(state) = self.unique.get(column) else {
+            let Some(state) = unique.remove(column) else {
                 continue;
             };
             if let Some(problem) = &state.unsupported {
                 report.error("unique", format!("column {column}: {problem}"), None, None);
-            } else if state.duplicates > 0 {
-                report.error(
+                continue;
+            }
+            let spilled = state.keys.runs();
+            let values = state.keys.len();
+            match state.duplicates(check.max_examples) {
+                Err(problem) => {
+                    report.error("unique", format!("column {column}: {problem}"), None, None);
+                }
+                Ok((0, _)) => {}
+                Ok((n, examples)) => report.error(
                     "unique",
                     format!(
-                        "column {column} has {} duplicate value(s), e.g. {}",
-                        state.duplicates,
-                        state.examples.join("; ")
+                        "column {column} has {n} duplicate value(s), e.g. {}",
+                        examples.join("; ")
                     ),
                     Some("unique values".into()),
-                    Some(format!("{} duplicates", state.duplicates)),
+                    Some(format!("{n} duplicates")),
+                ),
+            }
+            if spilled > 0 {
+                report.info(
+                    &format!("unique_spilled_runs.{column}"),
+                    serde_json::json!({ "runs": spilled, "values": values }),
                 );
             }
         }
@@ -697,80 +740,124 @@ impl<'a> TableScan<'a> {
 }
 
 impl UniqueState {
-    fn new(data_type: &DataType) -> Self {
-        let (converter, unsupported) = if is_int(data_type) {
-            (None, None)
+    fn new(data_type: &DataType, memory_limit: usize) -> Self {
+        let mut unsupported = None;
+        let kind = if is_int(data_type) {
+            KeyKind::Signed
+        } else if *data_type == DataType::UInt64 {
+            KeyKind::Unsigned
         } else {
             match arrow_row::RowConverter::new(vec![arrow_row::SortField::new(data_type.clone())]) {
-                Ok(c) => (Some(c), None),
-                Err(e) => (
-                    None,
-                    Some(format!(
+                Ok(c) => KeyKind::Hashed(c, spill::KeyHasher::random()),
+                Err(e) => {
+                    unsupported = Some(format!(
                         "values of type {data_type} cannot be compared: {e}"
-                    )),
-                ),
+                    ));
+                    KeyKind::Signed
+                }
             }
         };
         Self {
-            ints: HashSet::new(),
-            rows: HashSet::new(),
-            converter,
-            duplicates: 0,
-            examples: Vec::new(),
+            keys: spill::SpillSort::new(memory_limit),
+            kind,
             unsupported,
         }
     }
 
-    fn push(&mut self, array: &ArrayRef, offset: u64, max_examples: usize) {
+    fn push(&mut self, array: &ArrayRef, offset: u64) {
         if self.unsupported.is_some() {
             return;
         }
-        if is_int(array.data_type()) {
-            let Ok(ints) = arrow_cast::cast(array, &DataType::Int64) else {
-                self.unsupported = Some(format!("cannot read {} as integers", array.data_type()));
-                return;
-            };
-            for (i, v) in ints.as_primitive::<Int64Type>().iter().enumerate() {
-                if let Some(v) = v
-                    && !self.ints.insert(v)
-                {
-                    self.note_duplicate(offset + i as u64, &v.to_string(), max_examples);
-                }
-            }
-            return;
-        }
-        let Some(converter) = &self.converter else {
-            return;
-        };
-        let rows = match converter.convert_columns(std::slice::from_ref(array)) {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.unsupported = Some(format!("cannot compare values: {e}"));
-                return;
-            }
-        };
-        let mut dups = Vec::new();
-        for i in 0..array.len() {
-            if array.is_null(i) {
-                continue;
-            }
-            if !self.rows.insert(rows.row(i).as_ref().into()) {
-                dups.push(i);
-            }
-        }
-        for i in dups {
-            let shown = display_value(array, i);
-            self.note_duplicate(offset + i as u64, &shown, max_examples);
+        if let Err(problem) = self.push_keys(array, offset) {
+            self.unsupported = Some(problem);
         }
     }
 
-    fn note_duplicate(&mut self, row: u64, value: &str, max_examples: usize) {
-        self.duplicates += 1;
-        if self.examples.len() < max_examples {
-            self.examples.push(format!("row {row}: {value}"));
+    fn push_keys(&mut self, array: &ArrayRef, offset: u64) -> std::result::Result<(), String> {
+        let spill_failed = |e: io::Error| {
+            format!(
+                "cannot write sorted values to a temporary file in {}: {e}",
+                std::env::temp_dir().display()
+            )
+        };
+        match &self.kind {
+            KeyKind::Signed | KeyKind::Unsigned => {
+                let unsigned = matches!(self.kind, KeyKind::Unsigned);
+                let target = if unsigned {
+                    DataType::UInt64
+                } else {
+                    DataType::Int64
+                };
+                let ints = arrow_cast::cast(array, &target)
+                    .map_err(|_| format!("cannot read {} as integers", array.data_type()))?;
+                let bits: Box<dyn Iterator<Item = Option<u64>>> = if unsigned {
+                    Box::new(ints.as_primitive::<UInt64Type>().iter())
+                } else {
+                    Box::new(
+                        ints.as_primitive::<Int64Type>()
+                            .iter()
+                            .map(|v| v.map(|v| v as u64)),
+                    )
+                };
+                for (i, v) in bits.enumerate() {
+                    if let Some(v) = v {
+                        self.keys
+                            .push(u128::from(v), offset + i as u64)
+                            .map_err(spill_failed)?;
+                    }
+                }
+            }
+            KeyKind::Hashed(converter, hasher) => {
+                let rows = converter
+                    .convert_columns(std::slice::from_ref(array))
+                    .map_err(|e| format!("cannot compare values: {e}"))?;
+                for i in 0..array.len() {
+                    if array.is_valid(i) {
+                        self.keys
+                            .push(hasher.key(rows.row(i).as_ref()), offset + i as u64)
+                            .map_err(spill_failed)?;
+                    }
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// The number of values that repeat an earlier one, and the first `max_examples` of
+    /// them by row.
+    fn duplicates(self, max_examples: usize) -> std::result::Result<(u64, Vec<String>), String> {
+        let sorted = self.keys.into_sorted().map_err(|e| {
+            format!("cannot read back the sorted values from a temporary file: {e}")
+        })?;
+        let mut count = 0u64;
+        let mut first = FirstRowsOf::new(max_examples);
+        let mut group: Option<spill::Keyed> = None;
+        for e in sorted {
+            let e = e.map_err(|e| {
+                format!("cannot read back the sorted values from a temporary file: {e}")
+            })?;
+            match group {
+                Some(g) if g.key() == e.key() => {
+                    count += 1;
+                    first.offer((e.row, g.row, e.key()));
+                }
+                _ => group = Some(e),
+            }
+        }
+        let examples = first
+            .into_sorted()
+            .into_iter()
+            .map(|(row, earlier, key)| match self.kind {
+                KeyKind::Signed => format!("row {row}: {}", key as u64 as i64),
+                KeyKind::Unsigned => format!("row {row}: {}", key as u64),
+                KeyKind::Hashed(..) => format!("row {row}: the value of row {earlier}"),
+            })
+            .collect();
+        Ok((count, examples))
     }
 }
+
+type FirstRowsOf = spill::FirstRows<(u64, u64, u128)>;
 
 fn is_int(t: &DataType) -> bool {
     matches!(
@@ -783,22 +870,6 @@ fn is_int(t: &DataType) -> bool {
             | DataType::UInt16
             | DataType::UInt32
     )
-}
-
-fn display_value(array: &dyn Array, i: usize) -> String {
-    let options = arrow_cast::display::FormatOptions::default();
-    match arrow_cast::display::ArrayFormatter::try_new(array, &options) {
-        Ok(f) => {
-            let mut s = f.value(i).to_string();
-            if s.len() > 80 {
-                let cut = (0..=80).rev().find(|&c| s.is_char_boundary(c)).unwrap_or(0);
-                s.truncate(cut);
-                s.push('…');
-            }
-            s
-        }
-        Err(_) => "?".into(),
-    }
 }
 
 fn check_allowed(
