@@ -19,7 +19,7 @@ fn main() -> guardrails::Result<()> {
             .with_half_open_calls(1),
     )
     .with_override("creative", creative);
-    let registry = BreakerRegistry::with_clock(config, clock.clone())?;
+    let registry = BreakerRegistry::new(config)?.with_clock(clock.clone());
     registry.on_state_change(|t| println!("  breaker {}: {} -> {}", t.name, t.from, t.to));
     let chain =
         FallbackChain::from_registry("answer", &registry, &["creative", "balanced", "fast"])?;

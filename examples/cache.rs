@@ -14,7 +14,7 @@ fn main() -> guardrails::Result<()> {
     let cache: Arc<LruTtlCache<String, Arc<Vec<f32>>>> = Arc::new(
         LruTtlCache::builder(2)
             .ttl(Duration::from_secs(600))
-            .clock(clock.clone())
+            .with_clock(clock.clone())
             .eviction_listener(|key, _value, cause| println!("  evicted {key} ({cause:?})"))
             .build()?,
     );

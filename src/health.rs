@@ -148,9 +148,19 @@ fn async_runtime() -> Option<&'static tokio::runtime::Handle> {
 }
 
 /// Named health checks; see the [module docs](self).
-#[derive(Default)]
 pub struct HealthRegistry {
     checks: Vec<Check>,
+    /// What a sync check's latency is read from under [`run`](Self::run).
+    clock: crate::clock::SharedClock,
+}
+
+impl Default for HealthRegistry {
+    fn default() -> Self {
+        Self {
+            checks: Vec::new(),
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
 }
 
 impl std::fmt::Debug for HealthRegistry {
@@ -166,6 +176,16 @@ impl HealthRegistry {
     /// An empty registry (healthy).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reads each sync check's latency from `clock` (a [`ManualClock`](crate::ManualClock)
+    /// in tests). The timeouts stay real: they bound real threads that nothing else would
+    /// stop. Async checks under [`run_async`](Self::run_async) are timed on tokio's clock,
+    /// which paused time drives.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl crate::clock::Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Adds a check; a check of the same name is replaced.
@@ -272,6 +292,7 @@ impl HealthRegistry {
             .map(|c| match &c.probe {
                 Probe::Sync(f) => {
                     let run = Arc::clone(f);
+                    let clock = Arc::clone(&self.clock);
                     // The probe's address names this check of this registry, not another
                     // registry's check of the same name.
                     let key = format!("health:{:p}", Arc::as_ptr(f));
@@ -280,9 +301,9 @@ impl HealthRegistry {
                         Some(&key),
                         c.options.timeout,
                         move || {
-                            let began = Instant::now();
+                            let began = clock.now();
                             let result = run();
-                            Ok((result, began.elapsed()))
+                            Ok((result, clock.now().saturating_duration_since(began)))
                         },
                     );
                     match started {

@@ -125,12 +125,9 @@ async fn async_guarded_execution_composes_in_order() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let e = Arc::clone(&events);
     let breaker = Arc::new(
-        CircuitBreaker::with_clock(
-            "dep",
-            BreakerConfig::new().with_minimum_calls(2),
-            guardrails::TokioClock,
-        )
-        .unwrap(),
+        CircuitBreaker::new("dep", BreakerConfig::new().with_minimum_calls(2))
+            .unwrap()
+            .with_clock(guardrails::TokioClock),
     );
     let policy = GuardPolicy::new("dep")
         .with_retry(RetryPolicy::new(RetryConfig::new().with_max_retries(1)).unwrap())

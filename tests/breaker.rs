@@ -27,7 +27,9 @@ fn small(
     clock: &ManualClock,
     config: BreakerConfig,
 ) -> (CircuitBreaker, Arc<Mutex<Vec<StateTransition>>>) {
-    let b = CircuitBreaker::with_clock("dep", config, clock.clone()).unwrap();
+    let b = CircuitBreaker::new("dep", config)
+        .unwrap()
+        .with_clock(clock.clone());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = Arc::clone(&seen);
     b.on_state_change(move |t| s.lock().unwrap().push(t.clone()));
@@ -155,7 +157,11 @@ fn half_open_permits_are_exact_under_contention() {
     const N: u32 = 5;
     let clock = ManualClock::new();
     let config = count_config().with_half_open_calls(N);
-    let b = Arc::new(CircuitBreaker::with_clock("hammer", config, clock.clone()).unwrap());
+    let b = Arc::new(
+        CircuitBreaker::new("hammer", config)
+            .unwrap()
+            .with_clock(clock.clone()),
+    );
     for round in 0..20 {
         b.force_open();
         b.reset();
@@ -201,7 +207,11 @@ fn listeners_see_each_transition_once_under_contention() {
         .with_window(WindowKind::CountBased, 50)
         .with_minimum_calls(10)
         .with_wait_in_open(Duration::from_secs(5));
-    let b = Arc::new(CircuitBreaker::with_clock("busy", config, clock.clone()).unwrap());
+    let b = Arc::new(
+        CircuitBreaker::new("busy", config)
+            .unwrap()
+            .with_clock(clock.clone()),
+    );
     let opens = Arc::new(AtomicUsize::new(0));
     let o = Arc::clone(&opens);
     b.on_state_change(move |t| {
@@ -352,8 +362,9 @@ fn rejections_and_cancellations_are_ignored_and_validation_counts_as_success() {
 #[test]
 fn custom_classifier_decides_what_counts() {
     let clock = ManualClock::new();
-    let b = CircuitBreaker::with_clock("strict", count_config(), clock)
+    let b = CircuitBreaker::new("strict", count_config())
         .unwrap()
+        .with_clock(clock)
         .with_classifier(|_| CallOutcome::Failure);
     for _ in 0..4 {
         let _ = b.call(|| -> guardrails::Result<()> {
@@ -517,7 +528,9 @@ fn registry_applies_overrides_and_reports_available_names() {
     llama.minimum_calls = Some(2);
     llama.wait_in_open = Some(Duration::from_secs(120));
     let config = BreakerRegistryConfig::new(count_config()).with_override("llama", llama);
-    let registry = BreakerRegistry::with_clock(config, clock.clone()).unwrap();
+    let registry = BreakerRegistry::new(config)
+        .unwrap()
+        .with_clock(clock.clone());
     let events = Arc::new(Mutex::new(Vec::new()));
     let e = Arc::clone(&events);
     registry.on_state_change(move |t| e.lock().unwrap().push(t.name.to_string()));
@@ -583,9 +596,9 @@ fn breakers_section_loads_from_the_config_document() {
 #[test]
 fn fallback_chain_downshifts_and_reports_it() {
     let clock = ManualClock::new();
-    let registry =
-        BreakerRegistry::with_clock(BreakerRegistryConfig::new(count_config()), clock.clone())
-            .unwrap();
+    let registry = BreakerRegistry::new(BreakerRegistryConfig::new(count_config()))
+        .unwrap()
+        .with_clock(clock.clone());
     let chain =
         FallbackChain::from_registry("gen", &registry, &["creative", "balanced", "fast"]).unwrap();
     let shifts = Arc::new(Mutex::new(Vec::new()));
@@ -645,5 +658,45 @@ fn fallback_chain_downshifts_and_reports_it() {
     assert_eq!(
         *shifts.lock().unwrap(),
         [("creative".to_string(), "balanced".to_string())]
+    );
+}
+
+/// `with_clock` is a setter like every other: a classifier set before it and listeners
+/// added before it are kept, and the breaker's waits run on the new clock.
+#[test]
+fn with_clock_keeps_the_classifier_and_listeners() {
+    let clock = ManualClock::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let b = CircuitBreaker::new("dep", count_config())
+        .unwrap()
+        // Refused connections are ignored; any other error counts.
+        .with_classifier(|e| {
+            if std::error::Error::source(e).is_some_and(|s| s.to_string().contains("refused")) {
+                CallOutcome::Ignored
+            } else {
+                CallOutcome::Failure
+            }
+        });
+    let s = Arc::clone(&seen);
+    b.on_state_change(move |t| s.lock().unwrap().push(t.clone()));
+    let b = b.with_clock(clock.clone());
+    for _ in 0..10 {
+        let _ = fail(&b);
+    }
+    assert_eq!(b.state(), BreakerState::Closed, "ignored errors opened it");
+    for _ in 0..4 {
+        let _ = b.call(|| -> guardrails::Result<()> {
+            Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+        });
+    }
+    assert_eq!(b.state(), BreakerState::Open);
+    clock.advance(Duration::from_secs(30));
+    succeed(&b).unwrap();
+    assert_eq!(
+        transitions(&seen),
+        [
+            (BreakerState::Closed, BreakerState::Open),
+            (BreakerState::Open, BreakerState::HalfOpen)
+        ]
     );
 }

@@ -104,12 +104,12 @@ fn bulkhead_without_wait_refuses_at_once_and_config_is_validated() {
 #[test]
 fn rate_limiter_allows_the_burst_then_the_rate() {
     let clock = ManualClock::new();
-    let limiter = RateLimiter::with_clock(
+    let limiter = RateLimiter::new(
         "api",
         RateLimitConfig::per(10, Duration::from_secs(1)).with_burst(3),
-        clock.clone(),
     )
-    .unwrap();
+    .unwrap()
+    .with_clock(clock.clone());
     for _ in 0..3 {
         limiter.check().unwrap();
     }

@@ -162,7 +162,7 @@ fn check_against_model(
     let s = Arc::clone(&seen);
     let mut builder = LruTtlCache::builder(capacity)
         .shards(1)
-        .clock(clock.clone())
+        .with_clock(clock.clone())
         .eviction_listener(move |k: &u8, v: &u32, cause| s.lock().unwrap().push((*k, *v, cause)));
     if let Some(t) = default_ttl {
         builder = builder.ttl(Duration::from_millis(t));
@@ -253,7 +253,7 @@ fn ttl_expiry_never_returns_a_stale_value() {
     let clock = ManualClock::new();
     let cache = LruTtlCache::builder(100)
         .ttl(Duration::from_secs(10))
-        .clock(clock.clone())
+        .with_clock(clock.clone())
         .build()
         .unwrap();
     cache.insert("k", 1);
@@ -275,7 +275,7 @@ fn time_to_idle_is_renewed_by_reads_only() {
     let clock = ManualClock::new();
     let cache = LruTtlCache::builder(10)
         .time_to_idle(Duration::from_secs(5))
-        .clock(clock.clone())
+        .with_clock(clock.clone())
         .build()
         .unwrap();
     cache.insert(1, "read often");
@@ -316,7 +316,7 @@ fn stats_and_listener_count_every_cause() {
     let clock = ManualClock::new();
     let cache = LruTtlCache::builder(2)
         .shards(1)
-        .clock(clock.clone())
+        .with_clock(clock.clone())
         .eviction_listener(move |_k: &&str, _v: &i32, cause| c.lock().unwrap().push(cause))
         .build()
         .unwrap();
@@ -391,7 +391,7 @@ fn no_expired_value_is_returned_under_concurrency() {
     let clock = ManualClock::new();
     let cache = Arc::new(
         LruTtlCache::builder(10_000)
-            .clock(clock.clone())
+            .with_clock(clock.clone())
             .build()
             .unwrap(),
     );
@@ -469,7 +469,8 @@ fn concurrent_misses_run_the_loader_once() {
     while waiting.load(Ordering::SeqCst) < 8 {
         std::thread::yield_now();
     }
-    std::thread::sleep(Duration::from_millis(20)); // let them reach the slot
+    // A thread that reaches the slot after the release finds the value cached, so the
+    // count below holds however the threads are scheduled; nothing waits on time.
     release_tx.send(()).unwrap();
     for h in handles {
         assert_eq!(h.join().unwrap().unwrap(), 42);
@@ -482,16 +483,23 @@ fn concurrent_misses_run_the_loader_once() {
 fn a_failing_loader_reaches_every_waiter_and_caches_nothing() {
     let cache = Arc::new(LruTtlCache::<u32, u64>::new(100).unwrap());
     let runs = Arc::new(AtomicU32::new(0));
-    let barrier = Arc::new(Barrier::new(4));
+    let barrier = Arc::new(Barrier::new(5));
+    // The load fails only once every thread is past the barrier, not after a sleep.
+    let (fail_tx, fail_rx) = std::sync::mpsc::channel::<()>();
+    let fail_rx = Arc::new(std::sync::Mutex::new(fail_rx));
     let handles: Vec<_> = (0..4)
         .map(|_| {
-            let (cache, runs, barrier) =
-                (Arc::clone(&cache), Arc::clone(&runs), Arc::clone(&barrier));
+            let (cache, runs, barrier, fail_rx) = (
+                Arc::clone(&cache),
+                Arc::clone(&runs),
+                Arc::clone(&barrier),
+                Arc::clone(&fail_rx),
+            );
             std::thread::spawn(move || {
                 barrier.wait();
                 cache.get_or_insert_with(1, || {
                     runs.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = fail_rx.lock().unwrap().recv();
                     Err(GuardrailError::Timeout {
                         operation: "load embedding".into(),
                         elapsed: Duration::from_secs(2),
@@ -501,6 +509,11 @@ fn a_failing_loader_reaches_every_waiter_and_caches_nothing() {
             })
         })
         .collect();
+    barrier.wait();
+    // One release per possible load: a thread that came after a failure loads again.
+    for _ in 0..4 {
+        let _ = fail_tx.send(());
+    }
     for h in handles {
         let err = h.join().unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout);
@@ -519,16 +532,23 @@ fn a_panicking_loader_hands_the_load_to_a_waiter() {
     let cache = Arc::new(LruTtlCache::<u32, u64>::new(100).unwrap());
     let c = Arc::clone(&cache);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (calling_tx, calling_rx) = std::sync::mpsc::channel::<()>();
     let leader = std::thread::spawn(move || {
         c.get_or_insert_with(9, || {
             started_tx.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(50));
+            // Panics once the waiter is on its way in, not after a sleep; a waiter that
+            // arrives after the panic loads for itself and gets the same answer.
+            let _ = calling_rx.recv();
             panic!("loader bug")
         })
     });
     started_rx.recv().unwrap();
-    let waiter = cache.get_or_insert_with(9, || Ok(99));
-    assert_eq!(waiter.unwrap(), 99);
+    let c = Arc::clone(&cache);
+    let waiter = std::thread::spawn(move || {
+        calling_tx.send(()).unwrap();
+        c.get_or_insert_with(9, || Ok(99))
+    });
+    assert_eq!(waiter.join().unwrap().unwrap(), 99);
     assert!(leader.join().is_err());
 }
 
@@ -538,7 +558,7 @@ fn sweeper_purges_in_the_background() {
     let cache = LruTtlCache::builder(100)
         .ttl(Duration::from_secs(1))
         .cleanup_interval(Duration::from_millis(1))
-        .clock(clock.clone())
+        .with_clock(clock.clone())
         .build()
         .unwrap();
     for i in 0..10u32 {

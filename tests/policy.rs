@@ -30,10 +30,14 @@ fn full_policy(clock: &ManualClock) -> GuardPolicy {
         )
         .with_preflight(|| Ok(()))
         .with_breaker(Arc::new(
-            CircuitBreaker::with_clock("op", BreakerConfig::new(), clock.clone()).unwrap(),
+            CircuitBreaker::new("op", BreakerConfig::new())
+                .unwrap()
+                .with_clock(clock.clone()),
         ))
         .with_rate_limiter(Arc::new(
-            RateLimiter::with_clock("op", RateLimitConfig::new(), clock.clone()).unwrap(),
+            RateLimiter::new("op", RateLimitConfig::new())
+                .unwrap()
+                .with_clock(clock.clone()),
         ))
         .with_timeout(Duration::from_secs(60))
         .with_bulkhead(Arc::new(
@@ -109,8 +113,11 @@ fn failed_preflight_skips_the_call_and_is_not_retried() {
 #[test]
 fn open_breaker_ends_the_retries_at_once() {
     let clock = ManualClock::new();
-    let breaker =
-        Arc::new(CircuitBreaker::with_clock("dep", BreakerConfig::new(), clock.clone()).unwrap());
+    let breaker = Arc::new(
+        CircuitBreaker::new("dep", BreakerConfig::new())
+            .unwrap()
+            .with_clock(clock.clone()),
+    );
     breaker.force_open();
     let policy = GuardPolicy::new("dep")
         .with_retry(
@@ -128,22 +135,19 @@ fn open_breaker_ends_the_retries_at_once() {
 fn rate_limited_attempts_are_retried_and_not_counted_by_the_breaker() {
     let clock = ManualClock::new();
     let breaker = Arc::new(
-        CircuitBreaker::with_clock(
+        CircuitBreaker::new(
             "dep",
             BreakerConfig::new()
                 .with_minimum_calls(1)
                 .with_half_open_calls(1),
-            clock.clone(),
         )
-        .unwrap(),
+        .unwrap()
+        .with_clock(clock.clone()),
     );
     let limiter = Arc::new(
-        RateLimiter::with_clock(
-            "dep",
-            RateLimitConfig::per(1, Duration::from_secs(1)),
-            clock.clone(),
-        )
-        .unwrap(),
+        RateLimiter::new("dep", RateLimitConfig::per(1, Duration::from_secs(1)))
+            .unwrap()
+            .with_clock(clock.clone()),
     );
     let policy = GuardPolicy::new("dep")
         .with_retry(

@@ -255,6 +255,13 @@ fn guard_refuses_entry_past_a_limit_and_reports_what_the_scope_used() {
     assert!(delta.wall > std::time::Duration::ZERO);
     drop(files);
 
+    // The scope's wall time comes from the monitor's clock.
+    let clock = ManualClock::new();
+    let timed = monitor().with_clock(clock.clone());
+    let guard = resource_guard(&timed, None).unwrap();
+    clock.advance(std::time::Duration::from_secs(90));
+    assert_eq!(guard.finish().wall, std::time::Duration::from_secs(90));
+
     let strict = ResourceMonitor::new(ResourceLimits::new().with_max_memory_bytes(1)).unwrap();
     let err = resource_guard(&strict, None).unwrap_err();
     match err {

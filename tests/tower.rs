@@ -17,12 +17,9 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 async fn breaker_layer_records_outcomes_and_refuses_when_open() {
     let clock = ManualClock::new();
     let breaker = Arc::new(
-        CircuitBreaker::with_clock(
-            "model",
-            BreakerConfig::new().with_minimum_calls(3),
-            clock.clone(),
-        )
-        .unwrap(),
+        CircuitBreaker::new("model", BreakerConfig::new().with_minimum_calls(3))
+            .unwrap()
+            .with_clock(clock.clone()),
     );
     let reached = Arc::new(AtomicU32::new(0));
     let r = Arc::clone(&reached);
@@ -86,12 +83,9 @@ async fn bulkhead_layer_holds_a_slot_for_the_whole_call() {
 async fn rate_limit_layer_refuses_past_the_rate() {
     let clock = ManualClock::new();
     let limiter = Arc::new(
-        RateLimiter::with_clock(
-            "api",
-            RateLimitConfig::per(2, Duration::from_secs(1)),
-            clock.clone(),
-        )
-        .unwrap(),
+        RateLimiter::new("api", RateLimitConfig::per(2, Duration::from_secs(1)))
+            .unwrap()
+            .with_clock(clock.clone()),
     );
     let svc = ServiceBuilder::new()
         .layer(RateLimitLayer::new(limiter))

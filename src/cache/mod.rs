@@ -35,7 +35,7 @@
 //! let clock = ManualClock::new();
 //! let cache = LruTtlCache::builder(2)
 //!     .ttl(Duration::from_secs(60))
-//!     .clock(clock.clone())
+//!     .with_clock(clock.clone())
 //!     .build()?;
 //! cache.insert("a", 1);
 //! cache.insert("b", 2);
@@ -320,9 +320,17 @@ where
     }
 
     /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests).
-    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
+    }
+
+    /// The old name of [`with_clock`](Self::with_clock).
+    #[deprecated(since = "0.1.0", note = "use `with_clock`, the name every guard uses")]
+    #[must_use]
+    pub fn clock(self, clock: impl Clock + 'static) -> Self {
+        self.with_clock(clock)
     }
 
     /// Validates the settings and builds the cache.

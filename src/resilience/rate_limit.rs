@@ -136,7 +136,8 @@ enum Cell {
 /// use std::time::Duration;
 ///
 /// let clock = ManualClock::new();
-/// let limiter = RateLimiter::with_clock("api", RateLimitConfig::per(2, Duration::from_secs(1)), clock.clone())?;
+/// let limiter = RateLimiter::new("api", RateLimitConfig::per(2, Duration::from_secs(1)))?
+///     .with_clock(clock.clone());
 /// limiter.check()?;
 /// limiter.check()?;
 /// match limiter.check() {
@@ -152,6 +153,8 @@ enum Cell {
 pub struct RateLimiter {
     name: Arc<str>,
     config: RateLimitConfig,
+    /// Kept so a new clock can be given without validating the config again.
+    quota: Quota,
     cell: Cell,
 }
 
@@ -172,26 +175,22 @@ impl RateLimiter {
         Ok(Self {
             name: Arc::from(name.into()),
             cell: Cell::Default(Gcra::direct_with_clock(quota, clock.clone()), clock),
+            quota,
             config,
         })
     }
 
-    /// A limiter on `clock` (a [`ManualClock`](crate::ManualClock) in tests).
-    pub fn with_clock(
-        name: impl Into<String>,
-        config: RateLimitConfig,
-        clock: impl Clock + 'static,
-    ) -> Result<Self> {
-        let quota = config.quota()?;
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests). Meant
+    /// right after [`new`](Self::new), like every `with_*`: the allowance starts over full
+    /// on the new clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
         let clock = AdaptedClock {
             origin: clock.now(),
             clock: Arc::new(clock),
         };
-        Ok(Self {
-            name: Arc::from(name.into()),
-            cell: Cell::Injected(Gcra::direct_with_clock(quota, clock.clone()), clock),
-            config,
-        })
+        self.cell = Cell::Injected(Gcra::direct_with_clock(self.quota, clock.clone()), clock);
+        self
     }
 
     /// The limiter's name.

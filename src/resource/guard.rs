@@ -76,7 +76,7 @@ pub fn resource_guard<'a>(
     Ok(ResourceGuard {
         monitor,
         path: check_path.map(Path::to_path_buf),
-        start: Instant::now(),
+        start: monitor.clock().now(),
         rss,
         fds,
         free,
@@ -96,7 +96,11 @@ impl ResourceGuard<'_> {
             open_fds: diff(fds, self.fds),
             // Consumed space is free space lost.
             disk_bytes: diff(self.free, free),
-            wall: self.start.elapsed(),
+            wall: self
+                .monitor
+                .clock()
+                .now()
+                .saturating_duration_since(self.start),
         }
     }
 

@@ -58,7 +58,8 @@ pub use limits::ResourceLimits;
 #[cfg(target_os = "linux")]
 pub use linux::CgroupLimits;
 pub use trend::{
-    Gauge, PredictiveAlert, Predictor, ResourceSampler, SamplerConfig, SamplerEvent, Trend, gauges,
+    Gauge, PredictiveAlert, Predictor, ResourceSampler, SamplerBuilder, SamplerConfig,
+    SamplerEvent, Trend, gauges,
 };
 
 /// This process's own use.
@@ -409,6 +410,8 @@ pub struct ResourceMonitor {
     files: Mutex<linux::ProcFiles>,
     backend: Backend,
     portable: Mutex<portable::State>,
+    /// What [`ResourceGuard`](guard::ResourceGuard)s time their scope with.
+    clock: crate::clock::SharedClock,
 }
 
 /// Which readers a monitor uses.
@@ -436,7 +439,21 @@ impl ResourceMonitor {
             files: Mutex::new(linux::ProcFiles::open()),
             backend: Backend::default(),
             portable: Mutex::new(portable::State::new()),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
         })
+    }
+
+    /// Times [`resource_guard`](guard::resource_guard) scopes with `clock` (a
+    /// [`ManualClock`](crate::ManualClock) in tests). Snapshots still read the OS's own
+    /// counters and CPU time against real elapsed time: those figures come from the kernel.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl crate::clock::Clock + 'static) -> Self {
+        self.clock = std::sync::Arc::new(clock);
+        self
+    }
+
+    pub(crate) fn clock(&self) -> &dyn crate::clock::Clock {
+        self.clock.as_ref()
     }
 
     /// Adds disk paths that every snapshot measures.

@@ -449,19 +449,53 @@ impl ResourceSampler {
         Ok((core, shared))
     }
 
-    /// Starts sampling `monitor` every `config.interval` on a thread, on the system clock.
+    /// Starts sampling `monitor` every `config.interval` on a thread, on the system clock;
+    /// [`builder`](Self::builder) takes a clock.
     pub fn start(monitor: Arc<ResourceMonitor>, config: SamplerConfig) -> Result<Self> {
-        Self::start_with_clock(monitor, config, SystemClock)
+        Self::builder(monitor, config).start()
     }
 
-    /// Starts sampling on a thread, timestamping samples with `clock` (the wait between
-    /// samples is real time).
+    /// A sampler to configure before it starts.
+    ///
+    /// ```
+    /// use guardrails::prelude::*;
+    /// use guardrails::resource::{ResourceLimits, ResourceMonitor, ResourceSampler, SamplerConfig};
+    /// use std::sync::Arc;
+    ///
+    /// let monitor = Arc::new(ResourceMonitor::new(ResourceLimits::new())?);
+    /// let sampler = ResourceSampler::builder(monitor, SamplerConfig::new())
+    ///     .with_clock(ManualClock::new())
+    ///     .start()?;
+    /// # drop(sampler);
+    /// # Ok::<(), GuardrailError>(())
+    /// ```
+    pub fn builder(monitor: Arc<ResourceMonitor>, config: SamplerConfig) -> SamplerBuilder {
+        SamplerBuilder {
+            monitor,
+            config,
+            clock: None,
+        }
+    }
+
+    /// The old form of `builder(monitor, config).with_clock(clock).start()`.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `ResourceSampler::builder(monitor, config).with_clock(clock).start()`"
+    )]
     pub fn start_with_clock(
         monitor: Arc<ResourceMonitor>,
         config: SamplerConfig,
         clock: impl Clock + 'static,
     ) -> Result<Self> {
-        let (mut core, shared) = Self::core(monitor, &config, Arc::new(clock))?;
+        Self::builder(monitor, config).with_clock(clock).start()
+    }
+
+    fn start_thread(
+        monitor: Arc<ResourceMonitor>,
+        config: SamplerConfig,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        let (mut core, shared) = Self::core(monitor, &config, clock)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("guardrails-resource-sampler".into())
@@ -494,7 +528,16 @@ impl ResourceSampler {
     #[cfg(feature = "async")]
     #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
     pub fn spawn_tokio(monitor: Arc<ResourceMonitor>, config: SamplerConfig) -> Result<Self> {
-        let (core, shared) = Self::core(monitor, &config, Arc::new(crate::clock::TokioClock))?;
+        Self::builder(monitor, config).spawn_tokio()
+    }
+
+    #[cfg(feature = "async")]
+    fn spawn_task(
+        monitor: Arc<ResourceMonitor>,
+        config: SamplerConfig,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        let (core, shared) = Self::core(monitor, &config, clock)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             GuardrailError::config("sampler", format!("spawn_tokio needs a tokio runtime: {e}"))
         })?;
@@ -554,6 +597,41 @@ impl ResourceSampler {
             #[cfg(feature = "async")]
             Runner::Task(task) => !task.is_finished(),
         }
+    }
+}
+
+/// A [`ResourceSampler`] before it starts; from [`ResourceSampler::builder`].
+#[derive(Debug)]
+#[must_use = "a sampler builder does nothing until started"]
+pub struct SamplerBuilder {
+    monitor: Arc<ResourceMonitor>,
+    config: SamplerConfig,
+    clock: Option<SharedClock>,
+}
+
+impl SamplerBuilder {
+    /// Timestamps samples with `clock` (a [`ManualClock`](crate::ManualClock) in tests);
+    /// the wait between samples stays real time on a thread, tokio's time in a task.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Starts sampling on a thread (system clock unless one was given).
+    pub fn start(self) -> Result<ResourceSampler> {
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        ResourceSampler::start_thread(self.monitor, self.config, clock)
+    }
+
+    /// Starts sampling as a tokio task on the current runtime, timestamped on tokio's clock
+    /// unless one was given (see [`ResourceSampler::spawn_tokio`]).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn spawn_tokio(self) -> Result<ResourceSampler> {
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(crate::clock::TokioClock));
+        ResourceSampler::spawn_task(self.monitor, self.config, clock)
     }
 }
 

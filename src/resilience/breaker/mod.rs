@@ -39,7 +39,7 @@
 //!     .with_minimum_calls(4)
 //!     .with_wait_in_open(Duration::from_secs(30))
 //!     .with_half_open_calls(1);
-//! let breaker = CircuitBreaker::with_clock("llm", config, clock.clone())?;
+//! let breaker = CircuitBreaker::new("llm", config)?.with_clock(clock.clone());
 //!
 //! let failing = || -> guardrails::Result<()> {
 //!     Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
@@ -256,16 +256,22 @@ struct Grant {
 impl CircuitBreaker {
     /// A closed breaker on the system clock; `config` is validated.
     pub fn new(name: impl Into<String>, config: BreakerConfig) -> Result<Self> {
-        Self::with_clock(name, config, SystemClock)
+        Self::with_shared_clock(name, config, Arc::new(SystemClock))
     }
 
-    /// A closed breaker on `clock` (a [`ManualClock`](crate::ManualClock) in tests).
-    pub fn with_clock(
-        name: impl Into<String>,
-        config: BreakerConfig,
-        clock: impl Clock + 'static,
-    ) -> Result<Self> {
-        Self::with_shared_clock(name, config, Arc::new(clock))
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests). Meant
+    /// right after [`new`](Self::new), like every `with_*`: the breaker starts over, closed
+    /// and with an empty window, on the new clock (times from two clocks cannot be mixed);
+    /// its name, config, classifier and listeners are kept.
+    #[must_use]
+    pub fn with_clock(self, clock: impl Clock + 'static) -> Self {
+        Self::fresh(
+            self.name,
+            self.config,
+            Arc::new(clock),
+            self.classifier,
+            self.listeners,
+        )
     }
 
     pub(crate) fn with_shared_clock(
@@ -274,10 +280,26 @@ impl CircuitBreaker {
         clock: SharedClock,
     ) -> Result<Self> {
         config.validate()?;
+        Ok(Self::fresh(
+            Arc::from(name.into()),
+            config,
+            clock,
+            Arc::new(default_classifier),
+            Default::default(),
+        ))
+    }
+
+    fn fresh(
+        name: Arc<str>,
+        config: BreakerConfig,
+        clock: SharedClock,
+        classifier: Classifier,
+        listeners: crate::listeners::Listeners<StateTransition>,
+    ) -> Self {
         let window = Window::new(&config);
         let timed = config.slow_call_duration.is_some() || window.needs_time();
-        Ok(Self {
-            name: Arc::from(name.into()),
+        Self {
+            name,
             state: AtomicU64::new(BreakerState::Closed.code() | WARMING),
             window,
             origin: clock.now(),
@@ -288,11 +310,11 @@ impl CircuitBreaker {
             half_open_tally: Mutex::new(Tally::default()),
             not_permitted: AtomicU64::new(0),
             timed,
-            classifier: Arc::new(default_classifier),
-            listeners: Default::default(),
+            classifier,
+            listeners,
             transition_lock: Mutex::new(()),
             config,
-        })
+        }
     }
 
     /// Replaces the rule that decides which errors count as failures.

@@ -113,18 +113,22 @@ impl std::fmt::Debug for BreakerRegistry {
 impl BreakerRegistry {
     /// A registry on the system clock; `config` is validated.
     pub fn new(config: BreakerRegistryConfig) -> Result<Self> {
-        Self::with_clock(config, SystemClock)
-    }
-
-    /// A registry whose breakers use `clock`.
-    pub fn with_clock(config: BreakerRegistryConfig, clock: impl Clock + 'static) -> Result<Self> {
         config.validate()?;
         Ok(Self {
             config,
-            clock: Arc::new(clock),
+            clock: Arc::new(SystemClock),
             breakers: RwLock::new(HashMap::new()),
             listeners: Default::default(),
         })
+    }
+
+    /// Makes the breakers it creates read time from `clock` (a
+    /// [`ManualClock`](crate::ManualClock) in tests). Meant right after [`new`](Self::new),
+    /// like every `with_*`: breakers it made already keep the clock they started on.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// The breaker called `name`, made with its settings on first use.
