@@ -424,8 +424,8 @@ impl GuardrailError {
     /// );
     /// assert_eq!(err.report().to_string(), "i/o error on /data/a.parquet: no such file");
     /// ```
-    pub fn report(&self) -> Report<'_> {
-        Report(self)
+    pub fn report(&self) -> ErrorReport<'_> {
+        ErrorReport(self)
     }
 
     /// The error as JSON for logs and reports: `kind`, `class`, `message`, `fields`,
@@ -749,11 +749,19 @@ impl StdError for ContextError {
     }
 }
 
-/// See [`GuardrailError::report`].
+/// An error with its whole chain of causes on one line; see [`GuardrailError::report`].
+/// (Named apart from [`integrity::Report`](crate::integrity), the report of a file check.)
 #[derive(Debug, Clone, Copy)]
-pub struct Report<'a>(&'a GuardrailError);
+pub struct ErrorReport<'a>(&'a GuardrailError);
 
-impl fmt::Display for Report<'_> {
+/// The old name of [`ErrorReport`].
+#[deprecated(
+    since = "0.1.0",
+    note = "use `ErrorReport`; `integrity::Report` is the file report"
+)]
+pub type Report<'a> = ErrorReport<'a>;
+
+impl fmt::Display for ErrorReport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)?;
         for cause in Chain(StdError::source(self.0)) {

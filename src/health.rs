@@ -30,7 +30,9 @@
 #[cfg(feature = "async")]
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "async")]
+use std::time::Instant;
 
 use serde::Serialize;
 

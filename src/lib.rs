@@ -87,8 +87,8 @@ pub use clock::{AsyncSleep, TokioClock};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::GuardrailsConfig;
 pub use error::{
-    ContextError, ErrorClass, ErrorContext, ErrorKind, ExternalError, GuardrailError, Result,
-    ResultExt,
+    ContextError, ErrorClass, ErrorContext, ErrorKind, ErrorReport, ExternalError, GuardrailError,
+    Result, ResultExt,
 };
 
 /// The everyday types: `use guardrails::prelude::*;`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use guardrails::prelude::*;
 use guardrails::resilience::{
     BreakerConfig, BreakerState, Bulkhead, BulkheadConfig, CircuitBreaker, GuardEvent, GuardPolicy,
-    RetryPolicy, guarded_execution_async, with_timeout,
+    RetryPolicy, guarded_execution_async, run_with_timeout_async,
 };
 
 fn transient() -> GuardrailError {
@@ -65,7 +65,7 @@ async fn with_timeout_cancels_the_future() {
         }
     }
     let guard = OnDrop(Arc::clone(&dropped));
-    let err = with_timeout("hang", Duration::from_secs(2), async move {
+    let err = run_with_timeout_async("hang", Duration::from_secs(2), async move {
         let _guard = guard;
         std::future::pending::<guardrails::Result<()>>().await
     })

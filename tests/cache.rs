@@ -628,7 +628,7 @@ async fn async_loads_coalesce_too() {
         let (cache, runs) = (Arc::clone(&cache), Arc::clone(&runs));
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_try_insert_with(3, || async {
+                .get_or_insert_with_async(3, || async {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Ok(33)

@@ -620,7 +620,7 @@ where
     /// waiter takes over the load.
     #[cfg(feature = "async")]
     #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
-    pub async fn get_or_try_insert_with<F, Fut>(&self, key: K, loader: F) -> Result<V>
+    pub async fn get_or_insert_with_async<F, Fut>(&self, key: K, loader: F) -> Result<V>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V>>,
@@ -641,6 +641,21 @@ where
         let lead = load::Leader::new(&*self.inner, key, slot);
         let result = loader().await;
         lead.finish(result)
+    }
+
+    /// The old name of [`get_or_insert_with_async`](Self::get_or_insert_with_async).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `get_or_insert_with_async`: async methods end in `_async` throughout"
+    )]
+    pub async fn get_or_try_insert_with<F, Fut>(&self, key: K, loader: F) -> Result<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V>>,
+    {
+        self.get_or_insert_with_async(key, loader).await
     }
 }
 

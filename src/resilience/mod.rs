@@ -31,9 +31,10 @@ pub use policy::guarded_execution_async;
 pub use policy::{GuardEvent, GuardPolicy, guarded_execution};
 pub use rate_limit::{RateLimitConfig, RateLimiter};
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
-#[cfg(feature = "async")]
-pub use timeout::with_timeout;
 pub use timeout::{
     CommandOutput, TimeoutHandler, run_command_with_grace, run_command_with_timeout,
     run_with_timeout,
 };
+#[cfg(feature = "async")]
+#[allow(deprecated)]
+pub use timeout::{run_with_timeout_async, with_timeout};

@@ -344,7 +344,7 @@ impl GuardPolicy {
         let result = match self.timeout {
             Some(limit) => {
                 self.emit(GuardEvent::TimeoutStarted);
-                super::timeout::with_timeout(&self.name, limit, guarded).await
+                super::timeout::run_with_timeout_async(&self.name, limit, guarded).await
             }
             None => guarded.await,
         };

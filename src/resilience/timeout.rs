@@ -146,20 +146,20 @@ where
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
 /// use guardrails::prelude::*;
-/// use guardrails::resilience::with_timeout;
+/// use guardrails::resilience::run_with_timeout_async;
 /// use std::time::Duration;
 ///
 /// let slow = async {
 ///     tokio::time::sleep(Duration::from_secs(60)).await;
 ///     Ok(())
 /// };
-/// let err = with_timeout("fetch", Duration::from_secs(5), slow).await.unwrap_err();
+/// let err = run_with_timeout_async("fetch", Duration::from_secs(5), slow).await.unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Timeout);
 /// # }
 /// ```
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
-pub async fn with_timeout<T, Fut>(operation: &str, limit: Duration, fut: Fut) -> Result<T>
+pub async fn run_with_timeout_async<T, Fut>(operation: &str, limit: Duration, fut: Fut) -> Result<T>
 where
     Fut: std::future::Future<Output = Result<T>>,
 {
@@ -168,6 +168,20 @@ where
         Ok(result) => result,
         Err(_) => Err(timeout_error(operation, start.elapsed(), limit)),
     }
+}
+
+/// The old name of [`run_with_timeout_async`].
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+#[deprecated(
+    since = "0.1.0",
+    note = "use `run_with_timeout_async`: async functions end in `_async` throughout"
+)]
+pub async fn with_timeout<T, Fut>(operation: &str, limit: Duration, fut: Fut) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    run_with_timeout_async(operation, limit, fut).await
 }
 
 pub use crate::process::CommandOutput;

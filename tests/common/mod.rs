@@ -1,14 +1,14 @@
 //! Helpers shared by the integrity tests.
 #![allow(dead_code)] // each test crate uses its own subset
 
-pub mod process;
+pub(crate) mod process;
 
 use std::path::PathBuf;
 
 use guardrails::integrity::{FindingSeverity, Report};
 
 /// A file under tests/fixtures/<area>/.
-pub fn fixture(area: &str, name: &str) -> PathBuf {
+pub(crate) fn fixture(area: &str, name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(area)
@@ -16,7 +16,7 @@ pub fn fixture(area: &str, name: &str) -> PathBuf {
 }
 
 /// The checks of a report's error findings, in order.
-pub fn failed_checks(r: &Report) -> Vec<&str> {
+pub(crate) fn failed_checks(r: &Report) -> Vec<&str> {
     r.findings
         .iter()
         .filter(|f| f.severity == FindingSeverity::Error)
@@ -25,7 +25,7 @@ pub fn failed_checks(r: &Report) -> Vec<&str> {
 }
 
 /// The checks of a report's warnings, in order.
-pub fn warnings(r: &Report) -> Vec<&str> {
+pub(crate) fn warnings(r: &Report) -> Vec<&str> {
     r.findings
         .iter()
         .filter(|f| f.severity == FindingSeverity::Warning)

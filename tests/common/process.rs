@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 /// Whether `pid` runs; a zombie has exited, so only a running or sleeping process counts.
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let state = stat.rsplit(')').next().unwrap_or("").trim_start();
@@ -16,7 +16,7 @@ pub fn alive(pid: i32) -> bool {
 
 /// Waits up to 5 s for `pid` to be gone. Reaping by init is asynchronous; this polls
 /// rather than sleeping blindly.
-pub fn wait_dead(pid: i32) -> bool {
+pub(crate) fn wait_dead(pid: i32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if !alive(pid) {

@@ -10,7 +10,7 @@ use crate::Status;
 use crate::output::{Format, Output};
 
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Parse and validate a config file; print every problem. Exit 0 valid, 2 invalid.
     Check {
         /// The TOML file to check.
@@ -20,7 +20,7 @@ pub enum ConfigCommand {
     Default,
 }
 
-pub fn run(cmd: ConfigCommand, out: &Output) -> Status {
+pub(crate) fn run(cmd: ConfigCommand, out: &Output) -> Status {
     match cmd {
         ConfigCommand::Check { file } => check(&file, out),
         ConfigCommand::Default => match GuardrailsConfig::new().to_toml_string() {

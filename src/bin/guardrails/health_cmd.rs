@@ -11,7 +11,7 @@ use crate::output::{Format, Output};
 
 /// The lowest status that fails the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FailOn {
+pub(crate) enum FailOn {
     /// Degraded or worse.
     Degraded,
     /// Unhealthy or worse.
@@ -31,7 +31,7 @@ impl FailOn {
 }
 
 #[derive(Debug, Args)]
-pub struct HealthArgs {
+pub(crate) struct HealthArgs {
     /// A path whose filesystem is checked (repeatable).
     #[arg(long = "path", value_name = "P")]
     paths: Vec<PathBuf>,
@@ -50,7 +50,7 @@ fn bytes(b: Option<u64>) -> String {
     }
 }
 
-pub fn run(args: HealthArgs, out: &Output) -> Status {
+pub(crate) fn run(args: HealthArgs, out: &Output) -> Status {
     let limits = match &args.config {
         Some(path) => match GuardrailsConfig::from_path(path) {
             Ok(cfg) => cfg.resources,

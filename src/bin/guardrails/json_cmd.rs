@@ -16,7 +16,7 @@ use crate::output::Output;
 const MAX_SCHEMA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Args)]
-pub struct JsonArgs {
+pub(crate) struct JsonArgs {
     /// A JSON Schema file the value must match (at most 4 MiB).
     #[arg(long, value_name = "FILE")]
     schema: Option<PathBuf>,
@@ -52,7 +52,7 @@ fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
     }
 }
 
-pub fn run(args: JsonArgs, out: &Output) -> Status {
+pub(crate) fn run(args: JsonArgs, out: &Output) -> Status {
     let guard = match guard(&args) {
         Ok(g) => g,
         Err(e) => {

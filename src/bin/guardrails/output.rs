@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// The global `--format` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Lines for people.
     Human,
     /// One JSON document on stdout.
@@ -15,14 +15,14 @@ pub enum Format {
 }
 
 /// Writes results in the chosen format.
-pub struct Output {
+pub(crate) struct Output {
     format: Format,
     colour_out: bool,
     colour_err: bool,
 }
 
 impl Output {
-    pub fn new(format: Format) -> Self {
+    pub(crate) fn new(format: Format) -> Self {
         // NO_COLOR (https://no-color.org) turns colour off even on a terminal.
         let allowed = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Self {
@@ -32,24 +32,24 @@ impl Output {
         }
     }
 
-    pub fn format(&self) -> Format {
+    pub(crate) fn format(&self) -> Format {
         self.format
     }
 
     /// Whether a progress bar may draw: stderr is a terminal (the colour test, which also
     /// honours NO_COLOR, is the same question).
-    pub fn progress_allowed(&self) -> bool {
+    pub(crate) fn progress_allowed(&self) -> bool {
         std::io::stderr().is_terminal()
     }
 
     /// A success line on stdout (human format only).
-    pub fn ok(&self, message: &str) {
+    pub(crate) fn ok(&self, message: &str) {
         let label = paint("ok", GREEN, self.colour_out);
         let _ = writeln!(std::io::stdout().lock(), "{label}: {message}");
     }
 
     /// A problem line on stderr (human format only), with its whole cause chain.
-    pub fn problem(&self, subject: &str, err: &GuardrailError) {
+    pub(crate) fn problem(&self, subject: &str, err: &GuardrailError) {
         let label = paint("error", RED, self.colour_err);
         let _ = writeln!(
             std::io::stderr().lock(),
@@ -59,17 +59,17 @@ impl Output {
     }
 
     /// A line on stderr.
-    pub fn note(&self, line: &str) {
+    pub(crate) fn note(&self, line: &str) {
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 
     /// Plain text on stdout.
-    pub fn text(&self, text: &str) {
+    pub(crate) fn text(&self, text: &str) {
         let _ = write!(std::io::stdout().lock(), "{text}");
     }
 
     /// One JSON document on stdout.
-    pub fn json(&self, value: &Value) {
+    pub(crate) fn json(&self, value: &Value) {
         let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
         let _ = writeln!(std::io::stdout().lock(), "{text}");
     }

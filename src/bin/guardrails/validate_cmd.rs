@@ -12,7 +12,7 @@ use crate::Status;
 use crate::output::{Format, Output};
 
 #[derive(Debug, Subcommand)]
-pub enum ValidateCommand {
+pub(crate) enum ValidateCommand {
     /// Check metadata tables (Parquet, Arrow IPC, CSV). Exit 0 when every file passes, 1
     /// when any fails.
     Table {
@@ -71,7 +71,7 @@ pub enum ValidateCommand {
     },
 }
 
-pub fn run(cmd: ValidateCommand, out: &Output) -> Status {
+pub(crate) fn run(cmd: ValidateCommand, out: &Output) -> Status {
     let checker = DataIntegrityChecker::new();
     match cmd {
         ValidateCommand::Table {

@@ -155,7 +155,7 @@ pub(crate) const MAX_READ: u64 = 256 << 20;
 
 impl Source {
     /// Reads `n` bytes at `offset`, fewer if the file ends first.
-    pub fn read_at(&mut self, offset: u64, n: u64) -> std::io::Result<Vec<u8>> {
+    pub(super) fn read_at(&mut self, offset: u64, n: u64) -> std::io::Result<Vec<u8>> {
         let n = n.min(self.len.saturating_sub(offset)).min(MAX_READ);
         let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
         self.file.seek(SeekFrom::Start(offset))?;
