@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use guardrails::prelude::*;
-use guardrails::resilience::tower::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 use guardrails::resilience::{
     BreakerConfig, Bulkhead, BulkheadConfig, CircuitBreaker, RateLimitConfig, RateLimiter,
 };
+use guardrails::tower::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main(flavor = "current_thread")]

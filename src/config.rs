@@ -136,7 +136,8 @@ impl GuardrailsConfig {
     /// size cap, so a wrong path to a huge file cannot exhaust memory.
     pub fn diagnose_path(path: impl AsRef<Path>) -> std::result::Result<Self, Vec<GuardrailError>> {
         let path = path.as_ref();
-        let text = read_text_bounded(path, MAX_CONFIG_BYTES, ".").map_err(|e| vec![e])?;
+        let text =
+            read_text_bounded(path, MAX_CONFIG_BYTES, ".", "config file").map_err(|e| vec![e])?;
         Self::diagnose(&text)
     }
 
@@ -215,7 +216,7 @@ fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> GuardrailError 
 }
 
 /// Reads a text file of at most `max_bytes`: a larger file is refused with a
-/// [`GuardrailError::Config`] naming `field` and the file, before more than `max_bytes + 1`
+/// [`GuardrailError::Config`] naming `field`, the file and `what` it is, before more than `max_bytes + 1`
 /// bytes are read, so a config or schema path pointed at `/dev/zero` or a 50 GB log cannot
 /// exhaust memory.
 ///
@@ -225,12 +226,12 @@ fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> GuardrailError 
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("schema.json");
 /// std::fs::write(&path, r#"{"type": "object"}"#)?;
-/// assert!(read_text_bounded(&path, 1024, "schema").is_ok());
-/// let err = read_text_bounded(&path, 4, "schema").unwrap_err();
-/// assert!(err.to_string().contains("larger than 4 bytes"));
+/// assert!(read_text_bounded(&path, 1024, "schema", "schema file").is_ok());
+/// let err = read_text_bounded(&path, 4, "schema", "schema file").unwrap_err();
+/// assert!(err.to_string().contains("larger than 4 bytes, the limit for a schema file"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn read_text_bounded(path: &Path, max_bytes: u64, field: &str) -> Result<String> {
+pub fn read_text_bounded(path: &Path, max_bytes: u64, field: &str, what: &str) -> Result<String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| GuardrailError::io(path, e))?;
     let mut text = String::new();
@@ -241,7 +242,7 @@ pub fn read_text_bounded(path: &Path, max_bytes: u64, field: &str) -> Result<Str
         return Err(GuardrailError::config(
             field,
             format!(
-                "{} is larger than {max_bytes} bytes, the limit for this file",
+                "{} is larger than {max_bytes} bytes, the limit for a {what}",
                 path.display()
             ),
         ));

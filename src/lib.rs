@@ -47,7 +47,7 @@
 //! | `async` | tokio variants of the blocking APIs |
 //! | `redis` | shared guard state in Redis |
 //! | `cli` | the `guardrails` command-line tool |
-//! | `tower` | tower layers |
+//! | `tower` | [`tower`] layers for the breaker, bulkhead and rate limiter |
 //! | `metrics` | metrics export |
 //! | `full` | all of the above |
 //!
@@ -57,10 +57,10 @@
 //!
 //! [`error`], [`clock`], [`config`], [`backoff`] (the one delay schedule), [`process`] (child
 //! processes under a deadline) and a bounded pool for closures under a deadline are the
-//! foundation; the primitives ([`resource`],
-//! [`resilience`]'s guards, [`cache`], [`json_guard`], `integrity`) build on them and never on
-//! each other; [`resilience::policy`] and [`health`] compose them. See `DESIGN.md` in the
-//! repository for the map.
+//! foundation, with one listener registry; the primitives ([`resource`], [`resilience`]'s
+//! guards, [`cache`], [`json_guard`], `integrity`) build on them and never on each other;
+//! [`resilience::policy`] and [`health`] compose them; the CLI and the `tower` layers are
+//! surfaces over them. See `DESIGN.md` in the repository for the map.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -80,6 +80,9 @@ mod listeners;
 pub mod process;
 pub mod resilience;
 pub mod resource;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod worker;
 
 #[cfg(feature = "async")]

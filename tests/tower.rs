@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use guardrails::prelude::*;
-use guardrails::resilience::tower::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 use guardrails::resilience::{
     BreakerConfig, BreakerState, Bulkhead, BulkheadConfig, CircuitBreaker, RateLimitConfig,
     RateLimiter,
 };
+use guardrails::tower::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 #[tokio::test]

@@ -31,6 +31,7 @@
 //! ```
 
 mod consistency;
+mod features;
 mod npy;
 mod refs;
 mod spill;
@@ -48,7 +49,7 @@ use serde_json::Value;
 use crate::error::{GuardrailError, Result};
 
 pub use consistency::ConsistencyCheck;
-pub use npy::FeatureCheck;
+pub use features::FeatureCheck;
 pub use table::{AllowedValues, BatchCheckFn, DEFAULT_MEMORY_LIMIT, TableCheck};
 pub use video::VideoCheck;
 

@@ -6,7 +6,6 @@
 //! | [`retry`] | transient failures: exponential backoff with jitter and a time budget |
 //! | [`bulkhead`] | too many calls at once: a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | too many calls per second: GCRA through governor |
-//! | `tower` | the breaker, bulkhead and rate limiter as tower layers (feature `tower`) |
 //! | [`policy`] | all of the above around one call: [`guarded_execution`] |
 //! | [`breaker`] | a failing dependency: stop calling it, probe, recover; per-name registry, fallback chains |
 
@@ -16,9 +15,6 @@ pub mod policy;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
-#[cfg(feature = "tower")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub mod tower;
 
 pub use breaker::{
     BreakerConfig, BreakerMetrics, BreakerOverride, BreakerPermit, BreakerRegistry,

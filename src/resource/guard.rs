@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{ResourceMonitor, Severity, usage_point};
+use super::{DiskUsage, ResourceMonitor, ResourceSnapshot, Severity};
 use crate::error::Result;
 
 /// What a scope consumed: differences between its entry and exit figures (negative when it
@@ -124,4 +124,19 @@ impl Drop for ResourceGuard<'_> {
             );
         }
     }
+}
+
+/// Used by the guard: figures a scope compares at entry and exit.
+pub(crate) fn usage_point(
+    snapshot: &ResourceSnapshot,
+    path: Option<&Path>,
+) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let free = path.and_then(|p| {
+        snapshot
+            .disks
+            .iter()
+            .find(|d| d.path() == p)
+            .and_then(DiskUsage::free)
+    });
+    (snapshot.process.rss_bytes, snapshot.process.open_fds, free)
 }

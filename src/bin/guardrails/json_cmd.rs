@@ -42,7 +42,7 @@ fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
     let guard = JsonHardGuard::new(config)?;
     match &args.schema {
         Some(path) => {
-            let text = read_text_bounded(path, MAX_SCHEMA_BYTES, "schema")?;
+            let text = read_text_bounded(path, MAX_SCHEMA_BYTES, "schema", "schema file")?;
             let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 GuardrailError::config("schema", format!("{} is not JSON: {e}", path.display()))
             })?;

@@ -19,7 +19,7 @@ use parquet::file::metadata::ParquetMetaData;
 
 use super::{TableScan, TableSource, check_rows, check_schema};
 use crate::error::{GuardrailError, Result};
-use crate::integrity::npy::check_expectations;
+use crate::integrity::features::check_expectations;
 use crate::integrity::{FeatureCheck, Report, catch_read};
 
 /// Rows per decoded batch: large enough to amortise per-batch work, small enough that a

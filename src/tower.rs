@@ -14,7 +14,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> guardrails::Result<()> {
 //! use guardrails::prelude::*;
-//! use guardrails::resilience::tower::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
+//! use guardrails::tower::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 //! use guardrails::resilience::{
 //!     BreakerConfig, Bulkhead, BulkheadConfig, CircuitBreaker, RateLimitConfig, RateLimiter,
 //! };
@@ -41,10 +41,10 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::breaker::{CircuitBreaker, OwnedBreakerPermit};
-use super::bulkhead::{Bulkhead, OwnedBulkheadPermit};
-use super::rate_limit::RateLimiter;
 use crate::error::GuardrailError;
+use crate::resilience::{
+    Bulkhead, CircuitBreaker, OwnedBreakerPermit, OwnedBulkheadPermit, RateLimiter,
+};
 
 pin_project_lite::pin_project! {
     /// The response future of the guard services: either refused at once, or the inner
