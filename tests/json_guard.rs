@@ -433,24 +433,50 @@ fn numbers_survive_exactly_as_written() {
     });
     for text in cases {
         for g in [guard(), guard().with_schema(&schema).unwrap()] {
-            let parsed = g.parse_value(text).unwrap();
-            assert_eq!(serde_json::to_string(&parsed.value).unwrap(), text);
-            assert!(parsed.fixes.is_empty(), "{text}: {:?}", parsed.fixes);
+            // Spaced out, in prose and in a fence: the text comes back token for token.
+            for input in [
+                text.to_string(),
+                text.replace(':', " : ").replace(',', " ,\n "),
+                format!("Here it is:\n```json\n{text}\n```"),
+            ] {
+                let parsed = g.parse_value(&input).unwrap();
+                assert_eq!(parsed.to_compact_json(), text, "{input}");
+                assert!(parsed.fixes.is_empty(), "{text}: {:?}", parsed.fixes);
+            }
         }
     }
-    // An exponent keeps its digits; serde_json spells its marker one way (same value).
-    let parsed = guard().parse_value(r#"{"n":1E400}"#).unwrap();
-    assert_eq!(
-        serde_json::to_string(&parsed.value).unwrap(),
-        r#"{"n":1e+400}"#
+    // A number past any f64 is refused, not repaired into a string.
+    let problems = guard().parse_value(r#"{"n":1E400}"#).unwrap_err();
+    assert!(
+        problems[0].message.contains("beyond the range"),
+        "{problems:?}"
     );
-    // Repair keeps the number's text too.
+    // Repair keeps each number's text too, and the keys' order.
     let parsed = guard()
         .parse_value(r#"{"n": 123456789012345678901234, "m": -0,}"#)
         .unwrap();
+    assert!(!parsed.fixes.is_empty());
     assert_eq!(
-        serde_json::to_string(&parsed.value).unwrap(),
-        r#"{"m":-0,"n":123456789012345678901234}"#
+        parsed.to_compact_json(),
+        r#"{"n":123456789012345678901234,"m":-0}"#
+    );
+    // A typed parse reads the text, so wide integers are exact.
+    #[derive(serde::Deserialize)]
+    struct Wide {
+        big: u128,
+        neg: i128,
+    }
+    let wide: Wide = guard()
+        .parse(r#"{"big": 340282366920938463463374607431768211455, "neg": -170141183460469231731687303715884105728}"#)
+        .unwrap()
+        .value;
+    assert_eq!(wide.big, u128::MAX);
+    assert_eq!(wide.neg, i128::MIN);
+    // Strings with spaces, quotes and escapes are not touched by compaction.
+    let text = r#"{"s":"a \"b\" \\ c\n d","t":[ "x y" ]}"#;
+    assert_eq!(
+        guard().parse_value(text).unwrap().to_compact_json(),
+        r#"{"s":"a \"b\" \\ c\n d","t":["x y"]}"#
     );
     // The schema still sees the value of a big number.
     let g = guard().with_schema(&numeric).unwrap();
@@ -492,4 +518,31 @@ async fn async_run_waits_on_the_injected_clock() {
     assert!(sleeps[1] >= Duration::from_secs(2) && sleeps[1] <= Duration::from_millis(2500));
     // Real time did not wait out 3 s of backoff (a bound far above scheduling noise).
     assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+/// The crate must not change serde_json for the rest of the user's build: with serde_json's
+/// `arbitrary_precision` on (cargo unifies features), untagged enums and `#[serde(flatten)]`
+/// holding numbers fail to deserialize. Exact numbers come from the kept text instead.
+#[test]
+fn serde_json_keeps_its_default_number_model() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    #[serde(untagged)]
+    enum Reading {
+        Number { n: f64 },
+        Text { s: String },
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Outer {
+        #[serde(flatten)]
+        inner: std::collections::BTreeMap<String, f64>,
+    }
+    assert_eq!(
+        serde_json::from_str::<Reading>(r#"{"n": 1.5}"#).unwrap(),
+        Reading::Number { n: 1.5 }
+    );
+    let outer: Outer = serde_json::from_str(r#"{"b": 2.5}"#).unwrap();
+    assert_eq!(outer.inner["b"], 2.5);
+    // And through the guard's typed parse.
+    let r: Reading = guard().parse(r#"{'n': 1.5,}"#).unwrap().value;
+    assert_eq!(r, Reading::Number { n: 1.5 });
 }

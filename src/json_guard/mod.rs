@@ -213,12 +213,45 @@ impl std::fmt::Display for Problem {
 /// A parsed value and the fixes that made it parse.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed<T> {
-    /// The value.
+    /// The value. As a [`Value`], a number follows serde_json: an integer past 64 bits
+    /// becomes the nearest `f64` and an integer `-0` is `0`; [`json`](Self::json) keeps it
+    /// as written, and a typed [`parse`](JsonHardGuard::parse) is read from that text, so a
+    /// `u128`, an `i128` or a decimal type gets the exact number.
     pub value: T,
+    /// The JSON text the value was read from, every number exactly as written: valid input
+    /// as it came (trimmed, or the part extracted from prose or a code fence), repaired input
+    /// as repaired. [`to_compact_json`](Self::to_compact_json) drops its whitespace.
+    pub json: String,
     /// Every repair applied (empty for valid JSON).
     pub fixes: Vec<Fix>,
     /// Schema problems kept because `strict_schema` is off.
     pub warnings: Vec<Problem>,
+}
+
+impl<T> Parsed<T> {
+    /// [`json`](Self::json) without whitespace between tokens: the document as one line,
+    /// numbers, key order and string escapes exactly as in the text.
+    pub fn to_compact_json(&self) -> String {
+        let mut out = String::with_capacity(self.json.len());
+        let (mut in_string, mut escaped) = (false, false);
+        for c in self.json.chars() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+            } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+                continue;
+            } else if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+        out
+    }
 }
 
 /// One output of the caller's generator.
@@ -370,9 +403,12 @@ impl JsonHardGuard {
         attempt: u32,
     ) -> std::result::Result<Parsed<T>, Vec<Problem>> {
         let parsed = self.attempt_value(text, attempt)?;
-        match serde_path_to_error::deserialize::<_, T>(parsed.value) {
+        // From the text, not the `Value`: the text has every number exactly.
+        let mut de = serde_json::Deserializer::from_str(&parsed.json);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
             Ok(value) => Ok(Parsed {
                 value,
+                json: parsed.json,
                 fixes: parsed.fixes,
                 warnings: parsed.warnings,
             }),
@@ -408,27 +444,66 @@ impl JsonHardGuard {
                 ),
             ));
         }
-        let candidate = extract::extract(text);
-        if candidate.depth > self.config.max_depth {
-            return Err(problem(
+        let too_deep = || {
+            problem(
                 ProblemKind::TooDeep,
                 format!("nesting deeper than {}", self.config.max_depth),
-            ));
-        }
-        // Valid JSON is taken as it is: repair never sees it.
+            )
+        };
+        // Valid JSON is taken as it is: repair never sees it, and no scan runs before the
+        // parse (serde_json refuses nesting past 128 levels on its own).
         let whole = text.trim();
-        let strict = serde_json::from_str::<Value>(whole).or_else(|e| {
-            // Parse the extracted candidate only when extraction found something smaller.
-            if candidate.text.len() == whole.len() {
-                Err(e)
-            } else {
-                serde_json::from_str::<Value>(candidate.text)
+        let (value, json, fixes) = match serde_json::from_str::<Value>(whole) {
+            Ok(v) if value_depth(&v) > self.config.max_depth => return Err(too_deep()),
+            Ok(v) => (v, whole.to_string(), Vec::new()),
+            Err(whole_error) => {
+                let candidate = extract::extract(text);
+                if candidate.depth > self.config.max_depth {
+                    return Err(too_deep());
+                }
+                self.from_candidate(&candidate, whole_error, whole.len(), &problem)?
             }
-        });
-        let (value, fixes) = match strict {
-            Ok(v) => (v, Vec::new()),
+        };
+        let schema_problems = self.schema_problems(&value, attempt);
+        if !schema_problems.is_empty() && self.config.strict_schema {
+            return Err(schema_problems);
+        }
+        Ok(Parsed {
+            value,
+            json,
+            fixes,
+            warnings: schema_problems,
+        })
+    }
+
+    /// The value of an answer that is not valid JSON as a whole: the JSON extracted from it,
+    /// else that JSON repaired.
+    fn from_candidate(
+        &self,
+        candidate: &extract::Candidate<'_>,
+        whole_error: serde_json::Error,
+        whole_len: usize,
+        problem: &dyn Fn(ProblemKind, String) -> Vec<Problem>,
+    ) -> std::result::Result<(Value, String, Vec<Fix>), Vec<Problem>> {
+        // Parse the extracted candidate only when extraction found something smaller.
+        let strict = if candidate.text.len() == whole_len {
+            Err(whole_error)
+        } else {
+            serde_json::from_str::<Value>(candidate.text)
+        };
+        Ok(match strict {
+            Ok(v) => (v, candidate.text.to_string(), Vec::new()),
             Err(e) if !(self.config.repair && self.config.enabled) => {
                 return Err(problem(ProblemKind::Parse, format!("malformed JSON: {e}")));
+            }
+            // Valid JSON whose number no f64 holds (1E400): repair would make it a string,
+            // a different value, so it is refused instead (RFC 8259 §6 lets a reader limit
+            // the range). serde_json says so only in its message.
+            Err(e) if e.to_string().starts_with("number out of range") => {
+                return Err(problem(
+                    ProblemKind::Parse,
+                    format!("a number is beyond the range of a 64-bit float: {e}"),
+                ));
             }
             // Prose without a bracket or a quote holds no JSON to repair: a bare word would
             // otherwise "repair" into a string.
@@ -454,7 +529,7 @@ impl JsonHardGuard {
                             }
                         })?;
                 match serde_json::from_str::<Value>(&repaired) {
-                    Ok(v) => (v, fixes),
+                    Ok(v) => (v, repaired, fixes),
                     Err(e) => {
                         return Err(problem(
                             ProblemKind::Parse,
@@ -463,21 +538,15 @@ impl JsonHardGuard {
                     }
                 }
             }
-        };
-        let schema_problems = self.schema_problems(&value, attempt);
-        if !schema_problems.is_empty() && self.config.strict_schema {
-            return Err(schema_problems);
-        }
-        Ok(Parsed {
-            value,
-            fixes,
-            warnings: schema_problems,
         })
     }
 
     #[cfg(feature = "json")]
     fn schema_problems(&self, value: &Value, attempt: u32) -> Vec<Problem> {
         match &self.schema {
+            // The common case, a valid value, takes the validator's short path; the errors
+            // are collected only when there are some.
+            Some(v) if v.is_valid(value) => Vec::new(),
             Some(v) => v
                 .iter_errors(value)
                 .map(|e| Problem {
@@ -756,5 +825,15 @@ fn json_error(attempts: u32, problems: &[Problem]) -> GuardrailError {
             .iter()
             .map(|p| format!("attempt {}: {p}", p.attempt))
             .collect(),
+    }
+}
+
+/// How deeply arrays and objects nest in `v` (a scalar is 0), the measure the extraction
+/// scan takes of text.
+fn value_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }

@@ -80,10 +80,8 @@ pub(crate) fn run(args: JsonArgs, out: &Output) -> Status {
                     out.note(&format!("warning: {w}"));
                 }
             }
-            out.text(&format!(
-                "{}\n",
-                serde_json::to_string(&parsed.value).unwrap_or_default()
-            ));
+            // The text, not the `Value`: numbers come back exactly as written.
+            out.text(&format!("{}\n", parsed.to_compact_json()));
             Status::Ok
         }
         Err(problems) => {
