@@ -461,7 +461,7 @@ impl JsonHardGuard {
                 if candidate.depth > self.config.max_depth {
                     return Err(too_deep());
                 }
-                self.from_candidate(&candidate, whole_error, whole.len(), &problem)?
+                self.read_candidate(&candidate, whole_error, whole.len(), &problem)?
             }
         };
         let schema_problems = self.schema_problems(&value, attempt);
@@ -478,7 +478,7 @@ impl JsonHardGuard {
 
     /// The value of an answer that is not valid JSON as a whole: the JSON extracted from it,
     /// else that JSON repaired.
-    fn from_candidate(
+    fn read_candidate(
         &self,
         candidate: &extract::Candidate<'_>,
         whole_error: serde_json::Error,
