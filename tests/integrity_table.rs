@@ -12,7 +12,8 @@ use common::{failed_checks, warnings};
 
 use arrow_schema::DataType;
 use guardrails::integrity::{
-    AllowedValues, ConsistencyCheck, DataIntegrityChecker, Format, Report, TableCheck,
+    AllowedValues, ConsistencyCheck, DataIntegrityChecker, FindingSeverity, Format, Report,
+    TableCheck, Verdict,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -397,18 +398,26 @@ fn a_missing_file_is_an_io_error() {
 }
 
 /// Every prefix of each good file must fail (or, for a CSV cut at a line end, pass with
-/// fewer rows than the check demands) without panicking.
+/// fewer rows than the check demands) without panicking. A CSV cut inside its last line
+/// is caught by the final-terminator requirement, which a user whose writers always end
+/// their lines turns on (by default it is a warning, see
+/// `a_csv_without_a_final_terminator_warns_unless_required`).
 #[test]
 fn every_prefix_of_a_good_table_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let check = TableCheck::new().with_min_rows(200).with_not_null(["id"]);
+    let check = TableCheck::new()
+        .with_min_rows(200)
+        .with_not_null(["id"])
+        .with_csv_final_newline(true);
     for name in GOOD
         .iter()
         .copied()
         .chain(["bom.csv", "quoted_newlines.csv"])
     {
         let check = if name == "quoted_newlines.csv" {
-            TableCheck::new().with_min_rows(3)
+            TableCheck::new()
+                .with_min_rows(3)
+                .with_csv_final_newline(true)
         } else {
             check.clone()
         };
@@ -693,4 +702,25 @@ fn id_subsets_answer_the_same_after_spilling_to_disk() {
                 .ok
         );
     }
+}
+
+/// RFC 4180 lets the last record end without a line break (arrow-testing's
+/// aggregate_test_100.csv does): a warning by default, a failure on request.
+#[test]
+fn a_csv_without_a_final_terminator_warns_unless_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open_end.csv");
+    std::fs::write(&path, "id,name\n1,a\n2,b").unwrap();
+    let r = run(&path, &TableCheck::new());
+    assert_eq!(r.verdict, Verdict::Pass, "{:#?}", r.findings);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.check == "line_end" && f.severity == FindingSeverity::Warning),
+        "{:#?}",
+        r.findings
+    );
+    let r = run(&path, &TableCheck::new().with_csv_final_newline(true));
+    assert_eq!(r.verdict, Verdict::Failed);
+    assert!(r.findings.iter().any(|f| f.check == "line_end"));
 }

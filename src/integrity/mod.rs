@@ -85,11 +85,11 @@ impl Format {
     pub fn detect(head: &[u8]) -> Self {
         if head.starts_with(b"\x93NUMPY") {
             Self::Npy
-        } else if head.starts_with(b"PAR1") {
+        } else if head.starts_with(b"PAR1") || head.starts_with(b"PARE") {
             Self::Parquet
         } else if head.starts_with(b"ARROW1") {
             Self::ArrowIpc
-        } else if head.starts_with(&[0xFF, 0xFF, 0xFF, 0xFF]) {
+        } else if head.starts_with(&[0xFF, 0xFF, 0xFF, 0xFF]) || table::is_legacy_stream(head) {
             Self::ArrowStream
         } else if head.starts_with(b"PK\x03\x04") {
             Self::Zip
@@ -133,8 +133,39 @@ impl Format {
 pub enum FindingSeverity {
     /// Worth knowing; the file passes.
     Warning,
-    /// The file fails.
+    /// The file uses a feature this checker cannot read (encryption, a byte order, a
+    /// codec), so it could not be verified. Not a sign of damage, but the file is not
+    /// vouched for either: the report is not `ok`.
+    Unsupported,
+    /// The file is damaged or breaks a requirement: it fails.
     Error,
+}
+
+/// The outcome of one file's check, for scripts that must tell damage from "cannot tell".
+///
+/// Verdicts order by severity, so the worst of several reports is their `max`.
+///
+/// ```
+/// use guardrails::integrity::{DataIntegrityChecker, TableCheck, Verdict};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("ids.csv");
+/// std::fs::write(&path, "id,name\n1,a\n2,b\n")?;
+/// let report = DataIntegrityChecker::new().validate_metadata_file(&path, &TableCheck::new())?;
+/// assert_eq!(report.verdict, Verdict::Pass);
+/// assert!(Verdict::Pass < Verdict::Unsupported && Verdict::Unsupported < Verdict::Failed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every check ran and passed.
+    Pass,
+    /// Nothing wrong was found, but part of the file uses a feature this checker cannot
+    /// read (see the `unsupported` findings), so it was not verified.
+    Unsupported,
+    /// At least one error finding: the file is damaged or breaks a requirement.
+    Failed,
 }
 
 /// One thing a check found.
@@ -163,8 +194,10 @@ pub struct Report {
     pub format: Format,
     /// What it was checked as: `"feature"`, `"table"`, `"video"`.
     pub kind: &'static str,
-    /// No error finding.
+    /// Verified and no error finding (the verdict is [`Verdict::Pass`]).
     pub ok: bool,
+    /// Pass, unsupported (could not be verified) or failed.
+    pub verdict: Verdict,
     /// Every finding, in the order found.
     pub findings: Vec<Finding>,
     /// What the file holds: shape, dtype, rows, codec…
@@ -178,6 +211,7 @@ impl Report {
             format,
             kind,
             ok: true,
+            verdict: Verdict::Pass,
             findings: Vec::new(),
             info: BTreeMap::new(),
         }
@@ -204,6 +238,7 @@ impl Report {
         found: Option<String>,
     ) {
         self.ok = false;
+        self.verdict = Verdict::Failed;
         let message = message.into();
         tracing::error!(path = %self.path.display(), check, %message, "data integrity check failed");
         self.findings.push(Finding {
@@ -212,6 +247,24 @@ impl Report {
             message,
             expected,
             found,
+        });
+    }
+
+    /// Records that the file uses `feature`, which this checker cannot read. The file is
+    /// not called damaged; it is not vouched for either.
+    pub(crate) fn unsupported(&mut self, check: &str, feature: &str, message: impl Into<String>) {
+        self.ok = false;
+        if self.verdict == Verdict::Pass {
+            self.verdict = Verdict::Unsupported;
+        }
+        let message = message.into();
+        tracing::warn!(path = %self.path.display(), check, feature, %message, "data integrity check cannot verify this file");
+        self.findings.push(Finding {
+            check: check.to_string(),
+            severity: FindingSeverity::Unsupported,
+            message,
+            expected: Some("a feature this checker reads".into()),
+            found: Some(feature.to_string()),
         });
     }
 
@@ -231,14 +284,12 @@ impl Report {
         self.info.insert(key.to_string(), value.into());
     }
 
-    /// The report if it passed, else its first error as
-    /// [`GuardrailError::DataIntegrity`].
+    /// The report if it passed, else its first error (or, when nothing is damaged, its
+    /// first unsupported feature) as [`GuardrailError::DataIntegrity`]: a file that could
+    /// not be verified is not let through as if it had been.
     pub fn into_result(self) -> Result<Self> {
-        match self
-            .findings
-            .iter()
-            .find(|f| f.severity == FindingSeverity::Error)
-        {
+        let first = |severity| self.findings.iter().find(|f| f.severity == severity);
+        match first(FindingSeverity::Error).or_else(|| first(FindingSeverity::Unsupported)) {
             None => Ok(self),
             Some(f) => Err(GuardrailError::DataIntegrity {
                 path: self.path.clone(),
@@ -360,10 +411,44 @@ fn open_report(path: &Path, kind: &'static str) -> Result<(std::fs::File, u64, R
     Ok((file, len, report))
 }
 
+thread_local! {
+    /// How many [`catch_panic`] calls this thread is inside: a panic there becomes a
+    /// finding and must not also print.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Wraps the panic hook in place at the first [`catch_panic`] once: the wrapper is silent
+/// for a panic inside a `catch_panic` on its own thread and hands every other panic to the
+/// hook it found (the user's or the default), so the user's hook sees their panics as
+/// before. A hook the user sets later replaces the wrapper; caught panics then reach it.
+fn quiet_caught_panics() {
+    static WRAPPED: std::sync::Once = std::sync::Once::new();
+    WRAPPED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.try_with(std::cell::Cell::get).unwrap_or(0) == 0 {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs a third-party parser so that a panic on hostile bytes becomes a finding, not a
-/// crash of the caller's pipeline.
+/// crash of the caller's pipeline; the panic is not printed (the finding says it).
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+    quiet_caught_panics();
+    // Restores the count however `f` ends.
+    struct Inside;
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            let _ = CATCHING.try_with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    let _ = CATCHING.try_with(|c| c.set(c.get().saturating_add(1)));
+    let inside = Inside;
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    drop(inside);
+    caught.map_err(|payload| {
         let what = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())

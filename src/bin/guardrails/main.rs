@@ -1,6 +1,7 @@
 //! `guardrails`: the command-line face of the library, for scripts and CI.
 //!
-//! Exit codes are a contract: 0 all good, 1 a check failed, 2 bad usage or config.
+//! Exit codes are a contract: 0 all good, 1 a check failed, 2 bad usage or config, 3 nothing
+//! failed but a file could not be verified (it uses a feature the checker cannot read).
 
 use std::process::ExitCode;
 
@@ -63,6 +64,8 @@ enum Status {
     CheckFailed = 1,
     /// Bad usage or bad configuration.
     Usage = 2,
+    /// Nothing failed, but a file uses a feature the checker cannot read.
+    Unsupported = 3,
 }
 
 fn main() -> ExitCode {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use guardrails::integrity::{
-    DataIntegrityChecker, FeatureCheck, FindingSeverity, Report, TableCheck, VideoCheck,
+    DataIntegrityChecker, FeatureCheck, FindingSeverity, Report, TableCheck, Verdict, VideoCheck,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -14,7 +14,7 @@ use crate::output::{Format, Output};
 #[derive(Debug, Subcommand)]
 pub(crate) enum ValidateCommand {
     /// Check metadata tables (Parquet, Arrow IPC, CSV). Exit 0 when every file passes, 1
-    /// when any fails.
+    /// when any fails, 3 when none fails but some could not be verified (unsupported).
     Table {
         /// The files.
         #[arg(required = true)]
@@ -28,6 +28,13 @@ pub(crate) enum ValidateCommand {
         /// Most rows.
         #[arg(long, value_name = "N")]
         max_rows: Option<u64>,
+        /// A table with no rows passes (by default an empty table fails).
+        #[arg(long)]
+        allow_empty: bool,
+        /// A CSV whose last line has no line terminator fails (by default it is a warning:
+        /// RFC 4180 allows it, though it is also what a cut file looks like).
+        #[arg(long)]
+        require_final_newline: bool,
         /// Columns that must hold no null (comma-separated, repeatable).
         #[arg(long = "not-null", value_name = "COLS", value_delimiter = ',')]
         not_null: Vec<String>,
@@ -45,7 +52,7 @@ pub(crate) enum ValidateCommand {
         quick: bool,
     },
     /// Check videos (MP4/MOV, MKV/WebM, AVI) for truncation and damage. Exit 0 when every
-    /// file passes, 1 when any fails.
+    /// file passes, 1 when any fails, 3 when none fails but some could not be verified.
     Video {
         /// The files.
         #[arg(required = true)]
@@ -54,7 +61,8 @@ pub(crate) enum ValidateCommand {
         #[arg(long)]
         decode: bool,
     },
-    /// Check feature files (NPY, Parquet). Exit 0 when every file passes, 1 when any fails.
+    /// Check feature files (NPY, Parquet). Exit 0 when every file passes, 1 when any fails,
+    /// 3 when none fails but some could not be verified.
     Features {
         /// The files.
         #[arg(required = true)]
@@ -79,6 +87,8 @@ pub(crate) fn run(cmd: ValidateCommand, out: &Output) -> Status {
             require,
             min_rows,
             max_rows,
+            allow_empty,
+            require_final_newline,
             not_null,
             unique,
             paths_exist,
@@ -86,6 +96,8 @@ pub(crate) fn run(cmd: ValidateCommand, out: &Output) -> Status {
             quick,
         } => {
             let mut check = TableCheck::new()
+                .with_allow_empty(allow_empty)
+                .with_csv_final_newline(require_final_newline)
                 .with_required_columns(require)
                 .with_not_null(not_null)
                 .with_unique(unique)
@@ -148,10 +160,10 @@ fn each_file(
     }
     bar.finish_and_clear();
     show(&reports, out);
-    if reports.iter().all(|r| r.ok) {
-        Status::Ok
-    } else {
-        Status::CheckFailed
+    match reports.iter().map(|r| r.verdict).max() {
+        None | Some(Verdict::Pass) => Status::Ok,
+        Some(Verdict::Unsupported) => Status::Unsupported,
+        Some(Verdict::Failed) => Status::CheckFailed,
     }
 }
 
@@ -183,12 +195,17 @@ fn show(reports: &[Report], out: &Output) {
         Format::Json => out.json(&serde_json::to_value(reports).unwrap_or_default()),
         Format::Human => {
             for r in reports {
-                let verdict = if r.ok { "ok" } else { "FAILED" };
+                let verdict = match r.verdict {
+                    Verdict::Pass => "ok",
+                    Verdict::Unsupported => "UNVERIFIED",
+                    Verdict::Failed => "FAILED",
+                };
                 let mut text = format!("{verdict}: {} ({:?})\n", r.path.display(), r.format);
                 for f in &r.findings {
                     let level = match f.severity {
                         FindingSeverity::Error => "error",
                         FindingSeverity::Warning => "warning",
+                        FindingSeverity::Unsupported => "unsupported",
                     };
                     text.push_str(&format!("  {level} {}: {}", f.check, f.message));
                     if let (Some(e), Some(found)) = (&f.expected, &f.found) {

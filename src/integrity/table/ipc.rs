@@ -24,6 +24,12 @@ pub(super) fn check_file(
     }
     let reader = match catch_read(|| FileReader::try_new_buffered(file, None)) {
         Ok(r) => r,
+        // arrow-ipc reads only the host's byte order; it says so when the footer's schema
+        // names the other one.
+        Err(e) if e.contains("endianness") => {
+            big_endian(report);
+            return Ok(None);
+        }
         Err(e) => {
             report.error(
                 "footer",
@@ -46,6 +52,12 @@ pub(super) fn check_stream(
     let path = src.path;
     let mut file = File::open(path).map_err(|e| GuardrailError::io(path, e))?;
     let complete = ends_with_eos(&mut file).map_err(|e| GuardrailError::io(path, e))?;
+    // The stream reader does not look at the schema's byte order and would read a
+    // big-endian stream's values (and offsets) as garbage: refuse it before reading.
+    if schema_is_big_endian(&mut file).map_err(|e| GuardrailError::io(path, e))? {
+        big_endian(report);
+        return Ok(None);
+    }
     if !sizes_are_sane(&mut file, Some(0), report).map_err(|e| GuardrailError::io(path, e))? {
         return Ok(None);
     }
@@ -71,6 +83,30 @@ pub(super) fn check_stream(
     }
     let schema = reader.schema();
     scan(src, report, schema, reader)
+}
+
+fn big_endian(report: &mut Report) {
+    report.unsupported(
+        "endianness",
+        "big-endian Arrow IPC",
+        "the schema says big-endian: arrow-ipc reads only the host's (little-endian) byte order, so the file was not verified",
+    );
+}
+
+/// Whether the stream's first message is a schema that declares big-endian data.
+fn schema_is_big_endian(file: &mut File) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    let meta = read_metadata(file, len, 0, None)?;
+    file.seek(SeekFrom::Start(0))?;
+    let Some((_, meta)) = meta else {
+        return Ok(false);
+    };
+    let Ok(Ok(message)) = catch_panic(|| arrow_ipc::root_as_message(&meta)) else {
+        return Ok(false);
+    };
+    Ok(message
+        .header_as_schema()
+        .is_some_and(|schema| schema.endianness() == arrow_ipc::Endianness::Big))
 }
 
 fn scan(
@@ -127,19 +163,19 @@ fn read_at(file: &mut File, len: u64, at: u64, buf: &mut [u8]) -> std::io::Resul
     Ok(crate::integrity::read_up_to(file, buf)? == buf.len())
 }
 
-/// Checks the message at `at`: its compressed buffers' declared sizes. A file's footer
-/// says where the body starts (`body`); in a stream it follows the metadata.
-fn check_message(file: &mut File, len: u64, at: u64, body: Option<u64>) -> std::io::Result<Step> {
-    // In a file, arrow-ipc reads whatever the footer points at, so anything this walk
-    // cannot follow there is refused; in a stream, arrow-ipc stops where this walk does.
-    let stop = if body.is_some() {
-        Step::Unverifiable(at)
-    } else {
-        Step::Stop
-    };
+/// Reads the metadata (flatbuffer) of the message at `at`, after its length prefix (with
+/// or without the 0xFFFFFFFF continuation that pre-1.0 writers left out). In a file the
+/// footer's `body` offset ends it; in a stream, the prefix does. None when the bytes are
+/// not there or the length is not one a real message has.
+fn read_metadata(
+    file: &mut File,
+    len: u64,
+    at: u64,
+    body: Option<u64>,
+) -> std::io::Result<Option<(u64, Vec<u8>)>> {
     let mut head = [0u8; 8];
     if !read_at(file, len, at, &mut head)? {
-        return Ok(stop);
+        return Ok(None);
     }
     let first = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let header = if first == -1 { 8 } else { 4 };
@@ -152,12 +188,28 @@ fn check_message(file: &mut File, len: u64, at: u64, body: Option<u64>) -> std::
         None => i64::from(first),
     };
     if meta_len <= 0 || meta_len > MAX_METADATA {
-        return Ok(stop);
+        return Ok(None);
     }
     let mut meta = vec![0u8; usize::try_from(meta_len).unwrap_or(0)];
     if !read_at(file, len, meta_start, &mut meta)? {
-        return Ok(stop);
+        return Ok(None);
     }
+    Ok(Some((meta_start, meta)))
+}
+
+/// Checks the message at `at`: its compressed buffers' declared sizes. A file's footer
+/// says where the body starts (`body`); in a stream it follows the metadata.
+fn check_message(file: &mut File, len: u64, at: u64, body: Option<u64>) -> std::io::Result<Step> {
+    // In a file, arrow-ipc reads whatever the footer points at, so anything this walk
+    // cannot follow there is refused; in a stream, arrow-ipc stops where this walk does.
+    let stop = if body.is_some() {
+        Step::Unverifiable(at)
+    } else {
+        Step::Stop
+    };
+    let Some((meta_start, meta)) = read_metadata(file, len, at, body)? else {
+        return Ok(stop);
+    };
     let Ok(Ok(message)) = catch_panic(|| arrow_ipc::root_as_message(&meta)) else {
         return Ok(stop);
     };
@@ -319,6 +371,46 @@ fn ends_with_eos(file: &mut File) -> std::io::Result<bool> {
     let mut tail = [0u8; 8];
     file.seek(SeekFrom::Start(len - 8))?;
     file.read_exact(&mut tail)?;
+    if tail == [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0] {
+        file.seek(SeekFrom::Start(0))?;
+        return Ok(true);
+    }
+    let mut first = [0u8; 4];
     file.seek(SeekFrom::Start(0))?;
-    Ok(tail == [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0])
+    file.read_exact(&mut first)?;
+    // A pre-1.0 stream ends with a zero length alone. Four zero bytes at the end may also
+    // be the padding of a body that was cut, so the messages are followed to where that
+    // marker has to be.
+    let legacy = first != [0xFF; 4] && tail[4..] == [0, 0, 0, 0];
+    let mut at = 0;
+    if legacy {
+        loop {
+            match check_message(file, len, at, None)? {
+                Step::Next(next) if next > at => at = next,
+                _ => break,
+            }
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(legacy && at.checked_add(4) == Some(len))
+}
+
+/// Whether `head` starts like a stream written before Arrow 1.0: a message length with no
+/// 0xFFFFFFFF continuation before it, then a schema message. Only a head that holds the
+/// whole schema message is recognised, since the flatbuffer must verify.
+pub(crate) fn is_legacy_stream(head: &[u8]) -> bool {
+    let Some(prefix) = head.first_chunk::<4>() else {
+        return false;
+    };
+    let Some(meta) = usize::try_from(i32::from_le_bytes(*prefix))
+        .ok()
+        .filter(|&n| n >= 8)
+        .and_then(|n| head.get(4..4 + n))
+    else {
+        return false;
+    };
+    matches!(
+        catch_panic(|| arrow_ipc::root_as_message(meta).map(|m| m.header_type())),
+        Ok(Ok(arrow_ipc::MessageHeader::Schema))
+    )
 }

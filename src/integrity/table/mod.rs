@@ -20,6 +20,7 @@ use super::{Format, Report, refs, spill};
 use crate::error::Result;
 
 pub(crate) use self::csv::looks_like_csv;
+pub(crate) use self::ipc::is_legacy_stream;
 pub(crate) use self::parquet::check_features as check_parquet_features;
 
 /// A check over each record batch that the built-in checks do not cover. `Err(message)`
@@ -159,7 +160,7 @@ impl TableCheck {
             paths_columns: Vec::new(),
             root: None,
             quick: false,
-            csv_final_newline: true,
+            csv_final_newline: false,
             batch_checks: Vec::new(),
             max_examples: 10,
             memory_limit: DEFAULT_MEMORY_LIMIT,
@@ -261,9 +262,11 @@ impl TableCheck {
         self
     }
 
-    /// Whether a CSV whose last line has no line terminator fails (default: yes). A cut
-    /// at any byte but a line end leaves such a line, and it is the only sign of it; turn
-    /// this off for files from writers that omit the last terminator.
+    /// Whether a CSV whose last line has no line terminator fails (default: no, it is a
+    /// warning). RFC 4180 allows the last record to end without one, and many writers
+    /// omit it; but a cut at any byte but a line end leaves such a line, and it is the
+    /// only sign of it, so turn this on where files come from a writer that always ends
+    /// its lines.
     #[must_use]
     pub fn with_csv_final_newline(mut self, require: bool) -> Self {
         self.csv_final_newline = require;
@@ -295,6 +298,10 @@ impl TableCheck {
     /// sorted and written to an anonymous temporary file and the runs are merged at the end,
     /// so memory stays bounded whatever the row count; the disk holds 24 bytes per value.
     /// Examples of repeated non-integer values name the earlier row they repeat.
+    ///
+    /// The same limit (but never less than 32 MiB) bounds decoding: a Parquet column one
+    /// row of which decodes to more than this (a gigabyte string) is not decoded; its page headers are walked instead,
+    /// and a check that needs its values reports the file as unsupported.
     #[must_use]
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;

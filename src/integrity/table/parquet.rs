@@ -8,14 +8,17 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type};
 use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch};
 use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::metadata::ParquetMetaData;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::file::metadata::{FileMetaData, ParquetMetaData};
 
 use super::{TableScan, TableSource, check_rows, check_schema};
 use crate::error::{GuardrailError, Result};
@@ -25,6 +28,39 @@ use crate::integrity::{FeatureCheck, Report, catch_read};
 /// Rows per decoded batch: large enough to amortise per-batch work, small enough that a
 /// wide table stays within a few tens of MiB.
 pub(crate) const BATCH_ROWS: usize = 8192;
+
+/// What one decoded Parquet batch may hold, by the footer's uncompressed sizes. Rows
+/// alone do not bound memory: 8 192 rows of megabyte strings are gigabytes, and past
+/// 2 GiB a string column's 32-bit offsets overflow.
+const BATCH_BYTES: u64 = 32 << 20;
+
+/// Rows per batch such that the widest row group's rows, at their average uncompressed
+/// size, fill at most [`BATCH_BYTES`]; between 1 and [`BATCH_ROWS`].
+fn batch_rows(metadata: &ParquetMetaData) -> usize {
+    let widest = metadata
+        .row_groups()
+        .iter()
+        .filter_map(|rg| {
+            let rows = u64::try_from(rg.num_rows()).ok().filter(|&r| r > 0)?;
+            // The footer's total_byte_size may be missing (0) or low; the column chunks'
+            // uncompressed sizes are summed as well and the larger taken.
+            let chunks: u64 = rg
+                .columns()
+                .iter()
+                .map(|c| u64::try_from(c.uncompressed_size()).unwrap_or(0))
+                .fold(0, u64::saturating_add);
+            let bytes = chunks.max(u64::try_from(rg.total_byte_size()).unwrap_or(0));
+            Some(bytes.div_ceil(rows))
+        })
+        .max()
+        .unwrap_or(0);
+    if widest == 0 {
+        return BATCH_ROWS;
+    }
+    usize::try_from(BATCH_BYTES / widest)
+        .unwrap_or(BATCH_ROWS)
+        .clamp(1, BATCH_ROWS)
+}
 
 pub(super) fn check(
     src: &TableSource<'_>,
@@ -37,6 +73,8 @@ pub(super) fn check(
     let metadata = builder.metadata().clone();
     let schema = builder.schema().clone();
     let footer_rows = footer_info(&metadata, report);
+    let batch_rows = batch_rows(&metadata);
+    report.info("batch_rows", batch_rows);
     check_schema(&schema, src.check, report);
 
     let mut scan = TableScan::new(path, src.check, src.keep_batches);
@@ -81,6 +119,53 @@ pub(super) fn check(
             .map(|(i, _)| i)
             .collect()
     });
+    // A column whose one row decodes past the memory limit (parquet-testing's
+    // large_string_map holds 1 GiB strings) is not decoded: arrow-rs materialises each
+    // value and the page holding it whole. Its page headers are walked instead, and a
+    // check that needs its values says it could not be verified.
+    let heavy = if src.keep_batches {
+        Vec::new()
+    } else {
+        too_wide_to_decode(&metadata, decode_limit(src.check.memory_limit))
+    };
+    let roots = if heavy.is_empty() {
+        roots
+    } else {
+        let needed = src.check.value_columns();
+        for &(root, per_row) in &heavy {
+            let name = schema.field(root).name();
+            let wanted = needed.as_ref().is_none_or(|c| c.contains(name))
+                || scan.columns_needing_null_scan().any(|c| c == name);
+            let why = format!(
+                "a row of column {name} decodes to about {} MiB, more than the {} MiB memory limit",
+                per_row >> 20,
+                decode_limit(src.check.memory_limit) >> 20
+            );
+            if wanted {
+                report.unsupported(
+                    "memory",
+                    "values larger than the memory limit",
+                    format!("{why}: its values were not read, so the checks on them were not made (raise the limit to read it)"),
+                );
+            } else {
+                report.warning(
+                    "decode",
+                    format!(
+                        "{why}: its page headers and sizes were checked, its values not decoded"
+                    ),
+                );
+            }
+        }
+        if let Err(message) = walk_pages(path, &metadata, &heavy) {
+            pages_failed(report, 0, message);
+        }
+        let all = roots.unwrap_or_else(|| (0..schema.fields().len()).collect());
+        Some(
+            all.into_iter()
+                .filter(|r| !heavy.iter().any(|(h, _)| h == r))
+                .collect(),
+        )
+    };
     let scan_pages = roots.as_ref().is_none_or(|r| !r.is_empty());
     report.info("pages_scanned", scan_pages);
     if scan_pages {
@@ -90,7 +175,7 @@ pub(super) fn check(
         };
         let failure = scan.drain(|| {
             builder
-                .with_batch_size(BATCH_ROWS)
+                .with_batch_size(batch_rows)
                 .with_projection(mask)
                 .build()
                 .map_err(|e| e.to_string())
@@ -113,6 +198,86 @@ pub(super) fn check(
     Ok(scan.finish(&schema, report))
 }
 
+/// The most one row of a column may decode to: the memory limit, but never below one
+/// batch's worth ([`BATCH_BYTES`]), so that a limit set low to make `unique` spill does
+/// not stop ordinary rows from being read.
+fn decode_limit(memory_limit: usize) -> usize {
+    memory_limit.max(usize::try_from(BATCH_BYTES).unwrap_or(usize::MAX))
+}
+
+/// Top-level columns whose largest row (a row group's uncompressed bytes of the column
+/// over its rows) exceeds `limit`, with that size.
+fn too_wide_to_decode(metadata: &ParquetMetaData, limit: usize) -> Vec<(usize, u64)> {
+    let descr = metadata.file_metadata().schema_descr();
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let mut widest: Vec<u64> = vec![0; descr.root_schema().get_fields().len()];
+    for rg in metadata.row_groups() {
+        let Some(rows) = u64::try_from(rg.num_rows()).ok().filter(|&r| r > 0) else {
+            continue;
+        };
+        let mut per_root = vec![0u64; widest.len()];
+        for (leaf, chunk) in rg.columns().iter().enumerate() {
+            let root = descr.get_column_root_idx(leaf);
+            if let Some(slot) = per_root.get_mut(root) {
+                *slot = slot.saturating_add(u64::try_from(chunk.uncompressed_size()).unwrap_or(0));
+            }
+        }
+        for (w, bytes) in widest.iter_mut().zip(per_root) {
+            *w = (*w).max(bytes / rows);
+        }
+    }
+    widest
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, per_row)| per_row > limit)
+        .collect()
+}
+
+/// Walks the page headers of `roots`' column chunks without reading the pages: each
+/// header must parse, each page must fit in its chunk, and the data pages must hold the
+/// values the footer counts.
+fn walk_pages(
+    path: &Path,
+    metadata: &ParquetMetaData,
+    roots: &[(usize, u64)],
+) -> std::result::Result<(), String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let reader = catch_read(|| SerializedFileReader::new(file))?;
+    let descr = metadata.file_metadata().schema_descr();
+    for (g, rg) in metadata.row_groups().iter().enumerate() {
+        let group = catch_read(|| reader.get_row_group(g))?;
+        for (leaf, chunk) in rg.columns().iter().enumerate() {
+            if !roots
+                .iter()
+                .any(|&(r, _)| r == descr.get_column_root_idx(leaf))
+            {
+                continue;
+            }
+            let mut pages = catch_read(|| group.get_column_page_reader(leaf))?;
+            let mut values: u64 = 0;
+            catch_read(|| -> parquet::errors::Result<()> {
+                while let Some(page) = pages.peek_next_page()? {
+                    if !page.is_dict {
+                        let n = page.num_levels.or(page.num_rows).unwrap_or(0);
+                        values = values.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                    }
+                    pages.skip_next_page()?;
+                }
+                Ok(())
+            })?;
+            let expected = u64::try_from(chunk.num_values()).unwrap_or(0);
+            if values != expected {
+                return Err(format!(
+                    "column {} in row group {g}: the pages hold {values} values, the footer says {expected}",
+                    chunk.column_path()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens a Parquet file up to its footer: the tail is checked before arrow-rs reads
 /// anything, and an unreadable footer is a finding (`None`).
 fn open(path: &Path, report: &mut Report) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>> {
@@ -122,8 +287,9 @@ fn open(path: &Path, report: &mut Report) -> Result<Option<ParquetRecordBatchRea
     if !footer_is_whole(&mut file, len, report).map_err(io)? {
         return Ok(None);
     }
+    let again = file.try_clone().map_err(io)?;
     match catch_read(|| ParquetRecordBatchReaderBuilder::try_new(file)) {
-        Ok(b) => Ok(Some(b)),
+        Ok(b) => Ok(Some(with_row_groups_total(b, again, report))),
         Err(e) => {
             report.error(
                 "footer",
@@ -133,6 +299,49 @@ fn open(path: &Path, report: &mut Report) -> Result<Option<ParquetRecordBatchRea
             );
             Ok(None)
         }
+    }
+}
+
+/// Readers decode the row groups, whatever the file-level row total says; some writers
+/// left that total at 0 (parquet-testing's repeated_no_annotation.parquet), and arrow-rs
+/// caps its batch size at that total, so it would read no row at all. The total is set to
+/// the row groups' sum before reading, and the pages are then counted against it, so a
+/// short column still fails.
+fn with_row_groups_total(
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    file: File,
+    report: &mut Report,
+) -> ParquetRecordBatchReaderBuilder<File> {
+    let metadata = builder.metadata();
+    let meta = metadata.file_metadata();
+    let groups: i64 = metadata
+        .row_groups()
+        .iter()
+        .map(|rg| rg.num_rows())
+        .fold(0, i64::saturating_add);
+    if groups == meta.num_rows() {
+        return builder;
+    }
+    report.warning(
+        "row_count",
+        format!(
+            "the row groups hold {groups} rows but the footer's total says {}; the row groups are what readers read",
+            meta.num_rows()
+        ),
+    );
+    let fixed = FileMetaData::new(
+        meta.version(),
+        groups,
+        meta.created_by().map(str::to_owned),
+        meta.key_value_metadata().cloned(),
+        meta.schema_descr_ptr(),
+        meta.column_orders().cloned(),
+    );
+    let metadata = ParquetMetaData::new(fixed, metadata.row_groups().to_vec());
+    match ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new()) {
+        Ok(m) => ParquetRecordBatchReaderBuilder::new_with_metadata(file, m),
+        // The schema was converted once already; should it fail now, the original stands.
+        Err(_) => builder,
     }
 }
 
@@ -166,6 +375,14 @@ fn footer_is_whole(file: &mut File, len: u64, report: &mut Report) -> std::io::R
     file.seek(SeekFrom::Start(len - 8))?;
     file.read_exact(&mut tail)?;
     file.seek(SeekFrom::Start(0))?;
+    if &tail[4..] == b"PARE" {
+        report.unsupported(
+            "encryption",
+            "parquet modular encryption (encrypted footer)",
+            "the footer is encrypted (PARE): this checker reads no encrypted Parquet, so the file was not verified",
+        );
+        return Ok(false);
+    }
     if &tail[4..] != b"PAR1" {
         report.error(
             "footer",
@@ -188,10 +405,9 @@ fn footer_is_whole(file: &mut File, len: u64, report: &mut Report) -> std::io::R
     Ok(true)
 }
 
-/// Puts what the footer says into the report; returns its row count.
+/// Puts what the footer says into the report; returns the rows its row groups hold.
 fn footer_info(metadata: &ParquetMetaData, report: &mut Report) -> u64 {
     let file_meta = metadata.file_metadata();
-    let footer_rows = u64::try_from(file_meta.num_rows()).unwrap_or(0);
     report.info("row_groups", metadata.num_row_groups());
     if let Some(by) = file_meta.created_by() {
         report.info("created_by", by);
@@ -214,15 +430,9 @@ fn footer_info(metadata: &ParquetMetaData, report: &mut Report) -> u64 {
     }
     report.info("codecs", codecs.into_iter().collect::<Vec<_>>());
     report.info("statistics", with_stats == chunks && chunks > 0);
-    if group_rows != footer_rows {
-        report.error(
-            "row_count",
-            format!("the row groups hold {group_rows} rows, the footer says {footer_rows}"),
-            Some(format!("{footer_rows} rows")),
-            Some(format!("{group_rows} rows")),
-        );
-    }
-    footer_rows
+    // `open` set the total to the row groups' sum (with a warning) where they differed;
+    // the row groups are what is read either way.
+    group_rows
 }
 
 /// The null count of a top-level primitive column from every row group's statistics, or
@@ -283,29 +493,81 @@ pub(crate) fn check_features(path: &Path, check: &FeatureCheck, report: &mut Rep
     report.info("shape", serde_json::json!(shape));
     report.info("rows", rows);
     check_expectations(check, &dtypes, &shape, report);
-    if !check.finite {
-        return Ok(());
+    // Every column's pages are decoded, whether or not values are judged and whether or
+    // not the column is a feature: a file whose pages do not decode (a bad checksum, a
+    // broken dictionary) is damaged, finite or not. A column too wide to decode in
+    // bounded memory has its page headers walked instead.
+    let features: BTreeSet<&str> = roots
+        .iter()
+        .map(|&i| schema.field(i).name().as_str())
+        .collect();
+    let heavy = too_wide_to_decode(builder.metadata(), crate::integrity::DEFAULT_MEMORY_LIMIT);
+    for &(root, per_row) in &heavy {
+        let name = schema.field(root).name();
+        let why = format!(
+            "a row of column {name} decodes to about {} MiB, more than the {} MiB memory limit",
+            per_row >> 20,
+            crate::integrity::DEFAULT_MEMORY_LIMIT >> 20
+        );
+        if check.finite && features.contains(name.as_str()) {
+            report.unsupported(
+                "memory",
+                "values larger than the memory limit",
+                format!("{why}: its values were not read, so they were not checked"),
+            );
+        } else {
+            report.warning(
+                "decode",
+                format!("{why}: its page headers and sizes were checked, its values not decoded"),
+            );
+        }
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    if !heavy.is_empty()
+        && let Err(message) = walk_pages(path, builder.metadata(), &heavy)
+    {
+        pages_failed(report, 0, message);
+    }
+    let decoded = (0..schema.fields().len()).filter(|r| !heavy.iter().any(|(h, _)| h == r));
+    let mask = ProjectionMask::roots(builder.parquet_schema(), decoded);
+    let batch_rows = batch_rows(builder.metadata());
     let mut counts = FiniteCounts::default();
     let failure = catch_read(|| -> std::result::Result<(), String> {
         let reader = builder
-            .with_batch_size(BATCH_ROWS)
+            .with_batch_size(batch_rows)
             .with_projection(mask)
             .build()
             .map_err(|e| e.to_string())?;
         for batch in reader {
             let batch = batch.map_err(|e| e.to_string())?;
-            for (c, column) in batch.columns().iter().enumerate() {
-                counts.add(column, counts.rows, batch.schema().field(c).name());
+            if check.finite {
+                let batch_schema = batch.schema();
+                for (c, column) in batch.columns().iter().enumerate() {
+                    let name = batch_schema.field(c).name();
+                    if features.contains(name.as_str()) {
+                        counts.add(column, counts.rows, name);
+                    }
+                }
             }
             counts.rows += batch.num_rows() as u64;
         }
         Ok(())
     })
     .err();
-    if let Some(message) = failure {
-        pages_failed(report, counts.rows, message);
+    match failure {
+        Some(message) => pages_failed(report, counts.rows, message),
+        None if counts.rows != rows => report.error(
+            "row_count",
+            format!(
+                "the pages hold {} rows, the footer says {rows}",
+                counts.rows
+            ),
+            Some(format!("{rows} rows")),
+            Some(format!("{} rows", counts.rows)),
+        ),
+        None => {}
+    }
+    if !check.finite {
+        return Ok(());
     }
     report.info("non_finite", counts.non_finite);
     if counts.non_finite > 0 {

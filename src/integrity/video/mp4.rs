@@ -137,6 +137,46 @@ fn child<'a>(bytes: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
         .map(|(_, body)| body)
 }
 
+/// The sample entries mp4parse parses; its own list (boxes.rs), which an entry outside it
+/// is skipped by, or refused when it holds a codec box from this list.
+const KNOWN_ENTRIES: [&str; 16] = [
+    "avc1", "avc3", "s263", "mp4a", "mp4v", "samr", "sawb", "vp08", "vp09", "av01", "fLaC", "Opus",
+    "encv", "enca", ".mp3", "lpcm",
+];
+
+/// The first sample entries of the tracks that mp4parse does not know, quoted.
+fn unknown_entries(moov: &[u8]) -> Vec<String> {
+    trak_codecs(moov)
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .filter(|e| !e.is_empty() && !KNOWN_ENTRIES.contains(&e.as_str()))
+        .map(|e| format!("'{}'", e.escape_debug()))
+        .collect()
+}
+
+/// The ftyp major brand when it names a HEIF still image (or the file has a `meta` box
+/// and a HEIF compatible brand); None for anything else.
+fn still_image_brand(src: &mut Source, boxes: &[BoxHead]) -> std::io::Result<Option<String>> {
+    const STILL: [&[u8; 4]; 6] = [b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"];
+    let Some(ftyp) = boxes.iter().find(|b| &b.kind == b"ftyp") else {
+        return Ok(None);
+    };
+    let body = src.read_at(
+        ftyp.offset + ftyp.header,
+        ftyp.size.saturating_sub(ftyp.header).min(256),
+    )?;
+    let major = body.get(..4);
+    // After the major brand (4) and minor version (4), compatible brands, 4 bytes each.
+    let compatible = body.get(8..).unwrap_or_default().chunks_exact(4);
+    let has_meta = boxes.iter().any(|b| &b.kind == b"meta");
+    let still = major.is_some_and(|m| STILL.iter().any(|s| s[..] == *m))
+        || (has_meta
+            && compatible
+                .into_iter()
+                .any(|c| STILL.iter().any(|s| s[..] == *c)));
+    Ok(still.then(|| String::from_utf8_lossy(major.unwrap_or_default()).into_owned()))
+}
+
 /// Per `trak`, in order: handler type and the first sample entry's four-character code.
 fn trak_codecs(moov: &[u8]) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -178,6 +218,15 @@ pub(super) fn check(src: &mut Source, report: &mut Report) -> std::io::Result<Ve
         .map(|b| (b.offset + b.header, b.end().min(src.len)))
         .collect();
     let Some(moov) = boxes.iter().find(|b| &b.kind == b"moov").copied() else {
+        // HEIF (AVIF, HEIC) still images are ISO files with a `meta` box and no tracks.
+        if let Some(brand) = still_image_brand(src, &boxes)? {
+            report.unsupported(
+                "container",
+                "HEIF still image",
+                format!("an image file (brand {brand}) with no video tracks: this checker verifies video, not still images"),
+            );
+            return Ok(Vec::new());
+        }
         let why = if mdats.is_empty() {
             "no moov box (the index of every track)"
         } else {
@@ -207,6 +256,18 @@ pub(super) fn check(src: &mut Source, report: &mut Report) -> std::io::Result<Ve
     let moov_bytes = src.read_at(moov.offset, moov.size)?;
     let context = match catch_read(|| mp4parse::read_mp4(&mut Cursor::new(&moov_bytes))) {
         Ok(c) => c,
+        // mp4parse refuses a codec box it knows inside a sample entry it does not (Dolby
+        // Vision's `dav1` holds an `av1C`): that is a codec this checker cannot read, not
+        // damage. Inside an entry it knows, the same refusal is damage.
+        Err(e) if e.contains("SampleEntry") && !unknown_entries(&moov_bytes).is_empty() => {
+            let entries = unknown_entries(&moov_bytes).join(", ");
+            report.unsupported(
+                "codec",
+                &format!("sample entry {entries}"),
+                format!("a track's sample entry ({entries}) is one this checker's MP4 reader does not know, so its samples were not verified"),
+            );
+            return Ok(Vec::new());
+        }
         Err(e) => {
             report.error(
                 "index",
