@@ -30,7 +30,11 @@ fn a_caught_reader_panic_is_silent_and_the_users_hook_stays() {
             r.findings
         );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "a caught panic reached the hook");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "a caught panic reached the hook"
+    );
     // A panic of the user's own, outside any check, still reaches their hook.
     let outside = std::thread::spawn(|| panic!("the user's own panic")).join();
     assert!(outside.is_err());

@@ -63,7 +63,8 @@ const MAX_TRANSPORT_DELAY: Duration = Duration::from_secs(60);
 /// | `strict_schema` | `true` | schema errors fail the attempt (off: they are recorded, the value is kept) |
 /// | `repair` | `true` | repair malformed JSON (the CLI's `--strict` turns it off) |
 /// | `max_bytes` | `1048576` | larger outputs are refused before parsing |
-/// | `max_depth` | `64` | deeper nesting is refused |
+/// | `max_depth` | `64` | deeper nesting is refused (at most 127, what serde_json parses) |
+/// | `exact` | `false` | only one JSON text passes: no extraction, no repair, no trailing text |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
@@ -87,8 +88,12 @@ pub struct JsonGuardConfig {
     pub repair: bool,
     /// Size limit of one output, bytes.
     pub max_bytes: usize,
-    /// Nesting limit.
+    /// Nesting limit (at most [`MAX_DEPTH`]).
     pub max_depth: usize,
+    /// Exact mode: the text must be one JSON text and nothing else (whitespace aside) —
+    /// no extraction from fences or prose, no repair, no trailing text (RFC 8259's
+    /// grammar, as JSONTestSuite's y_/n_ files test it). Off by default.
+    pub exact: bool,
 }
 
 impl JsonGuardConfig {
@@ -104,7 +109,15 @@ impl JsonGuardConfig {
             repair: true,
             max_bytes: 1 << 20,
             max_depth: 64,
+            exact: false,
         }
+    }
+
+    /// Turns exact mode on or off.
+    #[must_use]
+    pub const fn with_exact(mut self, exact: bool) -> Self {
+        self.exact = exact;
+        self
     }
 
     /// Turns repair on or off.
@@ -147,15 +160,23 @@ impl JsonGuardConfig {
         if self.max_bytes == 0 {
             return Err(GuardrailError::config("max_bytes", "must be at least 1"));
         }
-        if self.max_depth == 0 || self.max_depth > 10_000 {
+        // serde_json parses at most 127 levels (its limit of 128 counts the value it is in); a deeper limit would call valid deep
+        // documents malformed, so it is refused here.
+        if self.max_depth == 0 || self.max_depth > MAX_DEPTH {
             return Err(GuardrailError::config(
                 "max_depth",
-                format!("must be in 1..=10000, got {}", self.max_depth),
+                format!(
+                    "must be in 1..={MAX_DEPTH} (the deepest serde_json parses), got {}",
+                    self.max_depth
+                ),
             ));
         }
         Ok(())
     }
 }
+
+/// The deepest nesting `max_depth` may allow: what serde_json's recursion limit parses.
+pub const MAX_DEPTH: usize = 127;
 
 impl Default for JsonGuardConfig {
     fn default() -> Self {
@@ -452,10 +473,22 @@ impl JsonHardGuard {
         };
         // Valid JSON is taken as it is: repair never sees it, and no scan runs before the
         // parse (serde_json refuses nesting past 128 levels on its own).
-        let whole = text.trim();
+        // Exact mode trims only what JSON calls whitespace (serde_json skips it itself);
+        // `str::trim` would also take a form feed or a no-break space.
+        let whole = if self.config.exact {
+            text.trim_matches([' ', '\t', '\n', '\r'])
+        } else {
+            text.trim()
+        };
         let (value, json, fixes) = match serde_json::from_str::<Value>(whole) {
             Ok(v) if value_depth(&v) > self.config.max_depth => return Err(too_deep()),
             Ok(v) => (v, whole.to_string(), Vec::new()),
+            Err(e) if self.config.exact => {
+                return Err(problem(
+                    ProblemKind::Parse,
+                    format!("not exactly one JSON text (exact mode): {e}"),
+                ));
+            }
             Err(whole_error) => {
                 let candidate = extract::extract(text);
                 if candidate.depth > self.config.max_depth {
@@ -527,6 +560,12 @@ impl JsonHardGuard {
                             repair::RepairError::Empty => {
                                 problem(ProblemKind::NoJson, "no JSON found in the output".into())
                             }
+                            repair::RepairError::Ambiguous(what, at) => problem(
+                                ProblemKind::Parse,
+                                format!(
+                                    "malformed JSON, not repaired: {what} at byte {at}; any repair would have to invent or move members"
+                                ),
+                            ),
                         })?;
                 match serde_json::from_str::<Value>(&repaired) {
                     Ok(v) => (v, repaired, fixes),

@@ -113,6 +113,9 @@ pub(crate) enum RepairError {
     TooDeep(usize),
     /// Nothing that could be a JSON value.
     Empty,
+    /// The text can be read more than one way, and the ways give different keys: the
+    /// guard refuses rather than invent a member (what, where).
+    Ambiguous(&'static str, usize),
 }
 
 struct Repairer<'a> {
@@ -134,6 +137,10 @@ fn is_closing_quote_context(rest: &str) -> bool {
     // inside the string: `"he said "hi" to me"`.
     let trimmed = rest.trim_start();
     if rest[..rest.len() - trimmed.len()].contains('\n') {
+        return true;
+    }
+    // A comment after the value (`"v" // note`) also ends the string.
+    if trimmed.starts_with("//") || trimmed.starts_with("/*") || trimmed.starts_with('#') {
         return true;
     }
     match trimmed.chars().next() {
@@ -383,8 +390,13 @@ impl<'a> Repairer<'a> {
                         self.fix(FixKind::TrailingComma, at);
                     }
                     if self.expect == Expect::Colon {
-                        self.fix(FixKind::MissingValue, i);
-                        self.out.push_str(":null");
+                        // A key with neither colon nor value before the object closes,
+                        // mid-text: a value was read as a key (`{"a": 1/3}` gives key
+                        // "3"), so the members are not the ones written.
+                        return Err(RepairError::Ambiguous(
+                            "a member without a colon or value before the object closes",
+                            self.base + i,
+                        ));
                     } else if self.expect == Expect::Value && self.out.ends_with(':') {
                         self.fix(FixKind::MissingValue, i);
                         self.out.push_str("null");
@@ -401,7 +413,18 @@ impl<'a> Repairer<'a> {
                     i += len;
                 }
                 ',' => {
-                    if self.expect == Expect::CommaOrEnd {
+                    if self.expect == Expect::Value
+                        && self.stack.last() == Some(&Frame::Object)
+                        && self.out.ends_with(':')
+                    {
+                        // `"key": ,`: the value is missing, not the comma; without the null
+                        // the next key would become this one's value.
+                        self.fix(FixKind::MissingValue, i);
+                        self.out.push_str("null");
+                        self.end_value();
+                        self.pending_comma = Some(i);
+                        self.expect = Expect::Key;
+                    } else if self.expect == Expect::CommaOrEnd {
                         self.pending_comma = Some(i);
                         self.expect = match self.stack.last() {
                             Some(Frame::Object) => Expect::Key,
@@ -416,6 +439,13 @@ impl<'a> Repairer<'a> {
                     if self.expect == Expect::Colon {
                         self.out.push(':');
                         self.expect = Expect::Value;
+                    } else if self.stack.last() == Some(&Frame::Object) {
+                        // A colon where none belongs in an object: keys and values have
+                        // come apart, and any reading of the rest shifts them.
+                        return Err(RepairError::Ambiguous(
+                            "a colon where a key or value belongs",
+                            self.base + i,
+                        ));
                     } else {
                         self.fix(FixKind::StrayCharacter, i);
                     }

@@ -20,9 +20,14 @@ pub(crate) struct JsonArgs {
     /// A JSON Schema file the value must match (at most 4 MiB).
     #[arg(long, value_name = "FILE")]
     schema: Option<PathBuf>,
-    /// No repair: only valid JSON (after extraction from fences or prose) passes.
+    /// No repair: only valid JSON passes, though it is still extracted from fences or
+    /// prose and text after it is dropped (see --exact).
     #[arg(long)]
     strict: bool,
+    /// Exactly one JSON text and nothing else: no extraction, no repair, no trailing text,
+    /// and input that is not UTF-8 fails.
+    #[arg(long)]
+    exact: bool,
     /// Deepest nesting accepted.
     #[arg(long, value_name = "N", default_value_t = JsonGuardConfig::new().max_depth)]
     max_depth: usize,
@@ -36,7 +41,8 @@ pub(crate) struct JsonArgs {
 
 fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
     let config = JsonGuardConfig::new()
-        .with_repair(!args.strict)
+        .with_repair(!args.strict && !args.exact)
+        .with_exact(args.exact)
         .with_max_depth(args.max_depth)
         .with_max_bytes(args.max_bytes);
     let guard = JsonHardGuard::new(config)?;
@@ -69,9 +75,27 @@ pub(crate) fn run(args: JsonArgs, out: &Output) -> Status {
         out.problem("stdin", &GuardrailError::from(e));
         return Status::Usage;
     }
+    // Bytes that are not UTF-8 are not text: exact mode refuses them; otherwise each is
+    // replaced by U+FFFD, and the replacement is reported like any other fix.
+    let replaced = match std::str::from_utf8(&input) {
+        Ok(_) => None,
+        Err(e) if args.exact => {
+            out.note(&format!(
+                "error: the input is not UTF-8 (first bad byte at {})",
+                e.valid_up_to()
+            ));
+            return Status::CheckFailed;
+        }
+        Err(e) => Some(e.valid_up_to()),
+    };
     let text = String::from_utf8_lossy(&input);
     match guard.parse_value(&text) {
         Ok(parsed) => {
+            if let Some(at) = replaced {
+                out.note(&format!(
+                    "fix: replaced bytes that are not UTF-8 with U+FFFD, the first at byte {at}"
+                ));
+            }
             if args.explain {
                 for fix in &parsed.fixes {
                     out.note(&fix.to_string());
