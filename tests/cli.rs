@@ -474,3 +474,57 @@ fn validate_prints_each_finding_once() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("data integrity check failed"), "{stderr}");
 }
+
+/// `--strict` still extracts and drops trailing text; `--exact` takes one JSON text only.
+#[test]
+fn json_exact_mode_refuses_anything_but_one_json_text() {
+    for (text, strict, exact) in [
+        ("[1]x", 0, 1),
+        ("[1]]", 0, 1),
+        ("{\"a\":\"b\"}#", 0, 1),
+        (" [1] ", 0, 0),
+    ] {
+        assert_eq!(
+            guardrails_stdin(&["json", "--strict"], text).status.code(),
+            Some(strict),
+            "{text}"
+        );
+        assert_eq!(
+            guardrails_stdin(&["json", "--exact"], text).status.code(),
+            Some(exact),
+            "{text}"
+        );
+    }
+    let out = guardrails_stdin(&["json"], r#"{"b": 1, "a": 2}"#);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"b\":1,\"a\":2}\n");
+}
+
+/// `validate` exits 3 when nothing failed but a file could not be verified, and its JSON
+/// says which with `verdict`; `--allow-empty` accepts an empty table.
+#[test]
+fn validate_tells_unsupported_from_damaged() {
+    let big = "tests/fixtures/external/arrow-testing/data/arrow-ipc-stream/integration/1.0.0-bigendian/generated_primitive.arrow_file";
+    let little = big.replace("bigendian", "littleendian");
+    let out = guardrails(&["--format", "json", "validate", "table", big, &little]);
+    assert_eq!(out.status.code(), Some(3));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports[0]["verdict"], "unsupported");
+    assert_eq!(reports[0]["findings"][0]["severity"], "unsupported");
+    assert_eq!(reports[1]["verdict"], "pass");
+    let cut = "tests/fixtures/table/cut.arrow";
+    assert_eq!(
+        guardrails(&["validate", "table", big, cut]).status.code(),
+        Some(1)
+    );
+    let empty = "tests/fixtures/external/arrow-testing/data/arrow-ipc-stream/integration/1.0.0-littleendian/generated_primitive_no_batches.arrow_file";
+    assert_eq!(
+        guardrails(&["validate", "table", empty]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        guardrails(&["validate", "table", "--allow-empty", empty])
+            .status
+            .code(),
+        Some(0)
+    );
+}
