@@ -160,8 +160,8 @@ impl JsonGuardConfig {
         if self.max_bytes == 0 {
             return Err(GuardrailError::config("max_bytes", "must be at least 1"));
         }
-        // serde_json parses at most 127 levels (its limit of 128 counts the value it is in); a deeper limit would call valid deep
-        // documents malformed, so it is refused here.
+        // serde_json parses at most 127 levels (its limit of 128 counts the value it is
+        // in); a deeper limit would call valid deep documents malformed, so it is refused.
         if self.max_depth == 0 || self.max_depth > MAX_DEPTH {
             return Err(GuardrailError::config(
                 "max_depth",

@@ -41,7 +41,7 @@ pub(crate) struct JsonArgs {
 
 fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
     let config = JsonGuardConfig::new()
-        .with_repair(!args.strict && !args.exact)
+        .with_repair(!args.strict)
         .with_exact(args.exact)
         .with_max_depth(args.max_depth)
         .with_max_bytes(args.max_bytes);

@@ -132,33 +132,11 @@ pub(super) fn check(
         roots
     } else {
         let needed = src.check.value_columns();
-        for &(root, per_row) in &heavy {
-            let name = schema.field(root).name();
-            let wanted = needed.as_ref().is_none_or(|c| c.contains(name))
-                || scan.columns_needing_null_scan().any(|c| c == name);
-            let why = format!(
-                "a row of column {name} decodes to about {} MiB, more than the {} MiB memory limit",
-                per_row >> 20,
-                decode_limit(src.check.memory_limit) >> 20
-            );
-            if wanted {
-                report.unsupported(
-                    "memory",
-                    "values larger than the memory limit",
-                    format!("{why}: its values were not read, so the checks on them were not made (raise the limit to read it)"),
-                );
-            } else {
-                report.warning(
-                    "decode",
-                    format!(
-                        "{why}: its page headers and sizes were checked, its values not decoded"
-                    ),
-                );
-            }
-        }
-        if let Err(message) = walk_pages(path, &metadata, &heavy) {
-            pages_failed(report, path, &metadata, 0, message);
-        }
+        let limit = decode_limit(src.check.memory_limit);
+        set_aside(report, path, &metadata, &schema, &heavy, limit, |name| {
+            needed.as_ref().is_none_or(|c| c.contains(name))
+                || scan.columns_needing_null_scan().any(|c| c == name)
+        });
         let all = roots.unwrap_or_else(|| (0..schema.fields().len()).collect());
         Some(
             all.into_iter()
@@ -182,16 +160,7 @@ pub(super) fn check(
         });
         match failure {
             Some(message) => pages_failed(report, path, &metadata, scan.rows(), message),
-            None if scan.rows() != footer_rows => report.error(
-                "row_count",
-                format!(
-                    "the pages hold {} rows, the footer says {footer_rows}",
-                    scan.rows()
-                ),
-                Some(format!("{footer_rows} rows")),
-                Some(format!("{} rows", scan.rows())),
-            ),
-            None => {}
+            None => pages_match_footer(report, scan.rows(), footer_rows),
         }
     }
     check_rows(footer_rows, src.check, report);
@@ -231,6 +200,55 @@ fn too_wide_to_decode(metadata: &ParquetMetaData, limit: usize) -> Vec<(usize, u
         .enumerate()
         .filter(|&(_, per_row)| per_row > limit)
         .collect()
+}
+
+/// Reports each column of `heavy` (too wide to decode within `limit`): unsupported when a
+/// check needs its values (`needed`), else a warning; then walks their page headers so
+/// their structure is still checked.
+fn set_aside(
+    report: &mut Report,
+    path: &Path,
+    metadata: &ParquetMetaData,
+    schema: &arrow_schema::Schema,
+    heavy: &[(usize, u64)],
+    limit: usize,
+    needed: impl Fn(&str) -> bool,
+) {
+    for &(root, per_row) in heavy {
+        let name = schema.field(root).name();
+        let why = format!(
+            "a row of column {name} decodes to about {} MiB, more than the {} MiB memory limit",
+            per_row >> 20,
+            limit >> 20
+        );
+        if needed(name) {
+            report.unsupported(
+                "memory",
+                "values larger than the memory limit",
+                format!("{why}: its values were not read, so the checks on them were not made (raise the limit to read it)"),
+            );
+        } else {
+            report.warning(
+                "decode",
+                format!("{why}: its page headers and sizes were checked, its values not decoded"),
+            );
+        }
+    }
+    if let Err(message) = walk_pages(path, metadata, heavy) {
+        pages_failed(report, path, metadata, 0, message);
+    }
+}
+
+/// The rows the pages held must be the rows the footer's row groups hold.
+fn pages_match_footer(report: &mut Report, pages: u64, footer: u64) {
+    if pages != footer {
+        report.error(
+            "row_count",
+            format!("the pages hold {pages} rows, the footer says {footer}"),
+            Some(format!("{footer} rows")),
+            Some(format!("{pages} rows")),
+        );
+    }
 }
 
 /// Walks the page headers of `roots`' column chunks without reading the pages: each
@@ -560,31 +578,12 @@ pub(crate) fn check_features(path: &Path, check: &FeatureCheck, report: &mut Rep
         .iter()
         .map(|&i| schema.field(i).name().as_str())
         .collect();
-    let heavy = too_wide_to_decode(builder.metadata(), crate::integrity::DEFAULT_MEMORY_LIMIT);
-    for &(root, per_row) in &heavy {
-        let name = schema.field(root).name();
-        let why = format!(
-            "a row of column {name} decodes to about {} MiB, more than the {} MiB memory limit",
-            per_row >> 20,
-            crate::integrity::DEFAULT_MEMORY_LIMIT >> 20
-        );
-        if check.finite && features.contains(name.as_str()) {
-            report.unsupported(
-                "memory",
-                "values larger than the memory limit",
-                format!("{why}: its values were not read, so they were not checked"),
-            );
-        } else {
-            report.warning(
-                "decode",
-                format!("{why}: its page headers and sizes were checked, its values not decoded"),
-            );
-        }
-    }
-    if !heavy.is_empty()
-        && let Err(message) = walk_pages(path, builder.metadata(), &heavy)
-    {
-        pages_failed(report, path, &metadata, 0, message);
+    let limit = crate::integrity::DEFAULT_MEMORY_LIMIT;
+    let heavy = too_wide_to_decode(&metadata, limit);
+    if !heavy.is_empty() {
+        set_aside(report, path, &metadata, &schema, &heavy, limit, |name| {
+            check.finite && features.contains(name)
+        });
     }
     let decoded = (0..schema.fields().len()).filter(|r| !heavy.iter().any(|(h, _)| h == r));
     let mask = ProjectionMask::roots(builder.parquet_schema(), decoded);
@@ -614,16 +613,7 @@ pub(crate) fn check_features(path: &Path, check: &FeatureCheck, report: &mut Rep
     .err();
     match failure {
         Some(message) => pages_failed(report, path, &metadata, counts.rows, message),
-        None if counts.rows != rows => report.error(
-            "row_count",
-            format!(
-                "the pages hold {} rows, the footer says {rows}",
-                counts.rows
-            ),
-            Some(format!("{rows} rows")),
-            Some(format!("{} rows", counts.rows)),
-        ),
-        None => {}
+        None => pages_match_footer(report, counts.rows, rows),
     }
     if !check.finite {
         return Ok(());

@@ -259,16 +259,21 @@ pub(super) fn check(src: &mut Source, report: &mut Report) -> std::io::Result<Ve
         // mp4parse refuses a codec box it knows inside a sample entry it does not (Dolby
         // Vision's `dav1` holds an `av1C`): that is a codec this checker cannot read, not
         // damage. Inside an entry it knows, the same refusal is damage.
-        Err(e) if e.contains("SampleEntry") && !unknown_entries(&moov_bytes).is_empty() => {
-            let entries = unknown_entries(&moov_bytes).join(", ");
-            report.unsupported(
-                "codec",
-                &format!("sample entry {entries}"),
-                format!("a track's sample entry ({entries}) is one this checker's MP4 reader does not know, so its samples were not verified"),
-            );
-            return Ok(Vec::new());
-        }
         Err(e) => {
+            let unknown = if e.contains("SampleEntry") {
+                unknown_entries(&moov_bytes)
+            } else {
+                Vec::new()
+            };
+            if !unknown.is_empty() {
+                let entries = unknown.join(", ");
+                report.unsupported(
+                    "codec",
+                    &format!("sample entry {entries}"),
+                    format!("a track's sample entry ({entries}) is one this checker's MP4 reader does not know, so its samples were not verified"),
+                );
+                return Ok(Vec::new());
+            }
             report.error(
                 "index",
                 format!("the moov box cannot be parsed: {e}"),
