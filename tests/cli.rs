@@ -497,6 +497,15 @@ fn json_exact_mode_refuses_anything_but_one_json_text() {
     }
     let out = guardrails_stdin(&["json"], r#"{"b": 1, "a": 2}"#);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"b\":1,\"a\":2}\n");
+    // Several values: the first, or all of them with --all-values.
+    let two = "{\"a\": 1}\n{\"b\": 2.50}";
+    let out = guardrails_stdin(&["json"], two);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"a\":1}\n");
+    let out = guardrails_stdin(&["json", "--all-values"], two);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[{\"a\":1},{\"b\":2.50}]\n"
+    );
 }
 
 /// `validate` exits 3 when nothing failed but a file could not be verified, and its JSON

@@ -83,46 +83,56 @@ fn keys(v: &Value, out: &mut BTreeSet<String>) {
 }
 
 /// json_repair's expectations where it expects a value: how many the guard repairs to the
-/// same value, and in how many of the others the guard's value holds a key json_repair's
-/// does not (a fabricated or shifted member). Both figures are floors this test holds;
-/// the issue's goal (90 %, 0) is not reached yet.
+/// same value (with json_repair's own reading of several values — all of them, as an
+/// array — and with the guard's default, the first), and in how many of the others the
+/// guard's value holds a key json_repair's does not (a fabricated or shifted member).
 #[test]
 fn json_repair_expectations() {
     let text = std::fs::read_to_string(external().join("json_repair/cases.json")).unwrap();
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
-    let guard = JsonHardGuard::new(JsonGuardConfig::new()).unwrap();
-    let (mut agree, mut total, mut refused) = (0, 0, 0);
-    let mut fabricated = Vec::new();
-    for case in &cases {
-        if case["found"] != Value::Bool(true) {
-            continue;
-        }
-        total += 1;
-        let input = case["input"].as_str().unwrap();
-        match guard.parse_value(input) {
-            Ok(p) if p.value == case["expected"] => agree += 1,
-            Ok(p) => {
-                let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
-                keys(&p.value, &mut ours);
-                keys(&case["expected"], &mut theirs);
-                if !ours.is_subset(&theirs) {
-                    fabricated.push((case["source"].clone(), input.to_string(), p.json));
-                }
+    let mut report = Vec::new();
+    for all_values in [true, false] {
+        let guard = JsonHardGuard::new(JsonGuardConfig::new().with_all_values(all_values)).unwrap();
+        let (mut agree, mut total, mut refused) = (0, 0, 0);
+        let mut fabricated = Vec::new();
+        for case in &cases {
+            if case["found"] != Value::Bool(true) {
+                continue;
             }
-            Err(_) => refused += 1,
+            total += 1;
+            let input = case["input"].as_str().unwrap();
+            match guard.parse_value(input) {
+                Ok(p) if p.value == case["expected"] => agree += 1,
+                Ok(p) => {
+                    let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
+                    keys(&p.value, &mut ours);
+                    keys(&case["expected"], &mut theirs);
+                    if !ours.is_subset(&theirs) {
+                        fabricated.push((case["source"].clone(), input.to_string(), p.json));
+                    }
+                }
+                Err(_) => refused += 1,
+            }
         }
+        eprintln!(
+            "json_repair (all_values {all_values}): {agree} of {total} agree ({:.1} %), {refused} refused, {} with keys json_repair does not have: {fabricated:#?}",
+            100.0 * f64::from(agree) / f64::from(total),
+            fabricated.len()
+        );
+        assert_eq!(total, 186);
+        assert!(fabricated.is_empty(), "{fabricated:#?}");
+        report.push(agree);
     }
-    eprintln!(
-        "json_repair: {agree} of {total} agree ({:.1} %), {refused} refused, {} with keys json_repair does not have: {fabricated:#?}",
-        100.0 * f64::from(agree) / f64::from(total),
-        fabricated.len()
+    // The issue's goal, 90 % with json_repair's reading of several values; the guard's
+    // default differs from it on the 6 answers holding several values.
+    assert!(
+        report[0] * 10 >= 186 * 9,
+        "agreement fell to {} of 186",
+        report[0]
     );
-    assert_eq!(total, 186);
-    assert!(agree >= 100, "agreement fell to {agree} of {total}");
-    assert!(fabricated.len() <= FABRICATED, "{fabricated:#?}");
+    assert!(
+        report[1] >= report[0] - 6,
+        "default agreement {} of 186",
+        report[1]
+    );
 }
-
-/// Disagreements whose keys are not json_repair's, as measured when this test was written:
-/// a key cut by the end of the text kept with `null` (`{"` → `{"":null}`, json_repair
-/// drops it) and an unclosed quote that runs over the next members (3 cases).
-const FABRICATED: usize = 5;

@@ -107,6 +107,18 @@ proptest! {
     fn arbitrary_text_never_panics(s in ".{0,200}") {
         let _ = guard().parse_value(&s);
     }
+
+    /// Text made of JSON's punctuation, quotes of every kind and words, where the repair
+    /// heuristics act: never a panic, and whatever passes is valid JSON.
+    #[test]
+    fn json_like_text_never_panics(s in "[{}()\\[\\]\"'\u{201C}\u{201D}\u{2019}:,#/*` a-z0-9_.\n\\\\-]{0,120}") {
+        for all_values in [false, true] {
+            let g = JsonHardGuard::new(JsonGuardConfig::new().with_all_values(all_values)).unwrap();
+            if let Ok(parsed) = g.parse_value(&s) {
+                prop_assert_eq!(serde_json::from_str::<Value>(&parsed.json).ok(), Some(parsed.value));
+            }
+        }
+    }
 }
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -155,6 +167,30 @@ fn hostile_inputs_get_errors_in_linear_time() {
     // Inputs that make a naive scanner quadratic: many unclosed strings and brackets.
     let many_quotes = "{\"a\": \"".repeat(20_000);
     let _ = big.parse_value(&many_quotes);
+    // The quote heuristics look ahead a bounded window: quotes inside prose, commas
+    // followed by words, bare phrases, early closers and several values stay linear.
+    let quoted_prose = format!("{{\"a\": \"{}\"}}", "x \"y\" z, w ".repeat(200_000));
+    let _ = big.parse_value(&quoted_prose);
+    let bare_phrases = format!("{{\"a\": {}}}", "lorem ipsum, ".repeat(200_000));
+    let _ = big.parse_value(&bare_phrases);
+    let elements = format!("[{}]", "\"v\" w\", ".repeat(200_000));
+    let _ = big.parse_value(&elements);
+    let early = format!("{{\"a\": 1}}{}", ", \"b\": 2}".repeat(200_000));
+    let _ = big.parse_value(&early);
+    let all = JsonHardGuard::new(
+        JsonGuardConfig::new()
+            .with_max_bytes(64 << 20)
+            .with_all_values(true),
+    )
+    .unwrap();
+    assert_eq!(
+        all.parse_value(&"{\"a\": 1} ".repeat(200_000))
+            .unwrap()
+            .value
+            .as_array()
+            .map(Vec::len),
+        Some(200_000)
+    );
     let many_commas = format!("[{}]", ",".repeat(1_000_000));
     assert_eq!(big.parse_value(&many_commas).unwrap().value, json!([]));
     // NUL bytes, lone surrogate escapes, invalid UTF-8 turned lossy by the caller.
@@ -545,4 +581,128 @@ fn serde_json_keeps_its_default_number_model() {
     // And through the guard's typed parse.
     let r: Reading = guard().parse(r#"{'n': 1.5,}"#).unwrap().value;
     assert_eq!(r, Reading::Number { n: 1.5 });
+}
+
+/// What each repair heuristic makes of the text it is for — and the readings it refuses
+/// because every repair would invent, drop or move a member.
+#[test]
+fn repairs_keep_the_members_written_and_refuse_the_rest() {
+    let g = guard();
+    let repaired = [
+        // The issue's cases: a fence inside a string, a missing value, a stray closer.
+        (
+            r#"{"a": "x", "b": "see ```code```", }"#,
+            json!({"a": "x", "b": "see ```code```"}),
+        ),
+        (
+            r#"{"key": , "key2": "value2"}"#,
+            json!({"key": null, "key2": "value2"}),
+        ),
+        (
+            r#"[{"key":"value"}},{"key":"value"}]"#,
+            json!([{"key": "value"}, {"key": "value"}]),
+        ),
+        (r#"{"city": New York}"#, json!({"city": "New York"})),
+        (r#"{"key": 1/3}"#, json!({"key": "1/3"})),
+        (r#"{"tex": "$\sqrt{x}$"}"#, json!({"tex": "$\\sqrt{x}$"})),
+        // A key cut before its colon may be a cut name: dropped, never kept with null.
+        (r#"{"a": 1, "b"#, json!({"a": 1})),
+        (r#"{""#, json!({})),
+        (r#"["a", ""#, json!(["a"])),
+        // Python literals.
+        ("(1, 2)", json!([1, 2])),
+        ("(1)", json!(1)),
+        (r#"{"p": (), "q": ("x",)}"#, json!({"p": [], "q": ["x"]})),
+        ("{'a', 'b'}", json!(["a", "b"])),
+        (
+            r#"{"n": 82_461_110, "e": 1e}"#,
+            json!({"n": 82_461_110, "e": 1}),
+        ),
+        ("[1, 2, ...]", json!([1, 2])),
+        // Structure the text got slightly wrong.
+        (r#"{"a": 1}, "b": 2}"#, json!({"a": 1, "b": 2})),
+        (r#"{"k": [1, 2}, "n": 3}"#, json!({"k": [1, 2], "n": 3})),
+        (r#"["k": "v"]"#, json!([{"k": "v"}])),
+        (r#"{"k": [1], [2]}"#, json!({"k": [1, 2]})),
+        (r#"{"k" "v"}"#, json!({"k": "v"})),
+        ("[{]", json!([])),
+        // Quotes: lost, doubled, inside prose.
+        (
+            r#"{"name": "John", "city": "New York, "gender": "male"}"#,
+            json!({"name": "John", "city": "New York", "gender": "male"}),
+        ),
+        (
+            r#"{"notes": "lorem "ipsum", sic." }"#,
+            json!({"notes": "lorem \"ipsum\", sic."}),
+        ),
+        (r#"{"w": abc", "n": 1}"#, json!({"w": "abc", "n": 1})),
+        (
+            r#"["value1" value2", "value3"]"#,
+            json!(["value1", "value2", "value3"]),
+        ),
+        (r#"{""answer"":""5""}"#, json!({"answer": "5"})),
+        (r#"{"key:value}"#, json!({"key": "value"})),
+        (
+            r#"{"a": true, NOTE "b": 2 DONE }"#,
+            json!({"a": true, "b": 2}),
+        ),
+        (r#"{"k": ["v]}"#, json!({"k": ["v"]})),
+        ("{\"k\": \"v\"```", json!({"k": "v"})),
+        ("```json {\"a\": 1} ```", json!({"a": 1})),
+        ("{\"a\": 1}\n```", json!({"a": 1})),
+    ];
+    for (text, want) in repaired {
+        match g.parse_value(text) {
+            Ok(p) => assert_eq!(p.value, want, "{text}: {:?}", p.fixes),
+            Err(e) => panic!("{text}: {e:?}"),
+        }
+    }
+    let refused = [
+        // A key with no value between members: which value is whose?
+        r#"{"a": 1, "b", "c": 2}"#,
+        // A colon where a value belongs.
+        r#"{"a": "b": 1}"#,
+        // A key followed by two strings.
+        r#"{"a" "b" "c": 1}"#,
+        // An element that runs past an inner quote into a colon: `"a "b"` is no key.
+        r#"["a "b": 1]"#,
+    ];
+    for text in refused {
+        let problems = g.parse_value(text).unwrap_err();
+        assert!(
+            problems[0].message.contains("invent or move members"),
+            "{text}: {problems:?}"
+        );
+    }
+    // Prose in parentheses is no tuple.
+    assert_eq!(
+        g.parse_value("(see the docs)").unwrap_err()[0].kind,
+        ProblemKind::NoJson
+    );
+}
+
+/// Several values: the first by default (the rest is dropped text), all of them as one
+/// array on request, empty placeholders dropped.
+#[test]
+fn several_values_first_or_all() {
+    let text = "lorem ```json {\"key\":\"value\"} ``` ipsum ```json [1,2,3,True] ``` 42";
+    let first = guard().parse_value(text).unwrap();
+    assert_eq!(first.value, json!({"key": "value"}));
+    let all = JsonHardGuard::new(JsonGuardConfig::new().with_all_values(true)).unwrap();
+    let both = all.parse_value(text).unwrap();
+    assert_eq!(both.value, json!([{"key": "value"}, [1, 2, 3, true]]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&both.json).unwrap(),
+        both.value
+    );
+    assert!(both.fixes.iter().any(|f| f.kind == FixKind::Constant));
+    assert_eq!(
+        all.parse_value("[]{\"a\": 1}").unwrap().value,
+        json!({"a": 1})
+    );
+    assert_eq!(
+        all.parse_value("{\"a\": 1}, {\"a\": 2}").unwrap().value,
+        json!([{"a": 1}, {"a": 2}])
+    );
+    assert_eq!(all.parse_value("[]{}").unwrap().value, json!([]));
 }

@@ -8,28 +8,66 @@ pub(crate) struct Candidate<'a> {
     pub text: &'a str,
     /// Byte offset of `text` in the original.
     pub offset: usize,
+    /// Byte offset just past what this candidate used up (its closing fence included):
+    /// where a search for a further value starts.
+    pub end: usize,
     /// Deepest bracket nesting seen (strings excluded).
     pub depth: usize,
     /// The brackets never balanced: the answer was cut short.
     pub unbalanced: bool,
+    /// Found in a ``` fence.
+    pub fenced: bool,
 }
 
-/// The body of the first ``` fence, preferring one tagged `json`; an unclosed fence runs
-/// to the end (a truncated answer).
-fn fenced(text: &str) -> Option<(usize, &str)> {
+/// Whether the ``` at `open` opens a fence around the answer rather than sitting inside
+/// the JSON (`{"k": "```json"}`, `{...}```` closing nothing): it does when it starts its
+/// line or comes before the first bracket.
+fn opens_fence(text: &str, open: usize) -> bool {
+    let line_start = text[..open].rfind('\n').map_or(0, |i| i + 1);
+    text[line_start..open].trim().is_empty() || text[..open].find(['{', '[']).is_none()
+}
+
+/// The body of the first ``` fence, preferring one tagged `json` (body start, body, the
+/// byte past the closing fence); an unclosed fence runs to the end (a truncated answer).
+fn fenced(text: &str) -> Option<(usize, &str, usize)> {
     let mut search = 0;
-    let mut first: Option<(usize, &str)> = None;
+    let mut first: Option<(usize, &str, usize)> = None;
     while let Some(rel) = text[search..].find("```") {
         let open = search + rel;
-        let after = open + 3;
+        let after = open + text[open..].len() - text[open..].trim_start_matches('`').len();
+        if !opens_fence(text, open) {
+            search = after;
+            continue;
+        }
+        // The tag is the word right after the backticks; the body starts on the next line,
+        // or right after the tag when the fence is inline (```json {"a": 1} ```).
+        let tag_len = text[after..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(text.len() - after);
+        let tag = text[after..after + tag_len].to_ascii_lowercase();
         let line_end = text[after..].find('\n').map_or(text.len(), |i| after + i);
-        let tag = text[after..line_end].trim().to_ascii_lowercase();
-        let body_start = (line_end + 1).min(text.len());
+        let body_start = if text[after + tag_len..line_end].trim().is_empty() {
+            (line_end + 1).min(text.len())
+        } else {
+            after + tag_len
+        };
         let (body_end, next) = match text[body_start..].find("```") {
-            Some(i) => (body_start + i, body_start + i + 3),
+            Some(i) => {
+                let close = body_start + i;
+                let past =
+                    close + text[close..].len() - text[close..].trim_start_matches('`').len();
+                (close, past)
+            }
             None => (text.len(), text.len()),
         };
-        let body = (body_start, &text[body_start..body_end]);
+        let body = (body_start, &text[body_start..body_end], next);
+        if body.1.trim().is_empty() {
+            search = next;
+            if search >= text.len() {
+                break;
+            }
+            continue;
+        }
         if tag == "json" || tag == "jsonc" || tag == "json5" {
             return Some(body);
         }
@@ -42,15 +80,12 @@ fn fenced(text: &str) -> Option<(usize, &str)> {
     first
 }
 
-/// Scans from the first `{` or `[` to the bracket that closes it.
-fn balanced(text: &str) -> Option<(usize, usize, usize, bool)> {
-    let start = text.find(['{', '['])?;
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    let mut max_depth = 0usize;
+/// The bytes of `text` outside strings quoted with one of `quotes` (the quotes
+/// themselves included), with their offsets.
+fn outside_strings<'a>(text: &'a str, quotes: &'a [u8]) -> impl Iterator<Item = (usize, u8)> + 'a {
     let mut quote: Option<u8> = None;
     let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate().skip(start) {
+    text.bytes().enumerate().filter(move |&(_, b)| {
         if let Some(q) = quote {
             if escaped {
                 escaped = false;
@@ -59,17 +94,54 @@ fn balanced(text: &str) -> Option<(usize, usize, usize, bool)> {
             } else if b == q {
                 quote = None;
             }
-            continue;
+            return false;
         }
+        if quotes.contains(&b) {
+            quote = Some(b);
+        }
+        true
+    })
+}
+
+/// Bracket balance of `text` outside strings: `}`/`]` seen minus `{`/`[` seen.
+pub(crate) fn excess_closers(text: &str) -> isize {
+    outside_strings(text, b"\"")
+        .map(|(_, b)| match b {
+            b'{' | b'[' => -1,
+            b'}' | b']' => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Whether the text after a closed value continues the same value: a comma, then members,
+/// and more closers than openers (`{"a": 1}, "b": 2}` — the first `}` came too early).
+pub(crate) fn continues_after_close(rest: &str) -> bool {
+    rest.trim_start().starts_with(',') && excess_closers(rest) > 0
+}
+
+/// Scans from the first `{` or `[` to the bracket that closes it (a closer that does not
+/// match the innermost open bracket is a typo and closes nothing); with `continuation`, on
+/// past a closer that came too early.
+fn balanced(text: &str, continuation: bool) -> Option<(usize, usize, usize, bool)> {
+    let start = text.find(['{', '['])?;
+    let mut open: Vec<u8> = Vec::new();
+    let mut max_depth = 0usize;
+    for (i, b) in outside_strings(&text[start..], b"\"'").map(|(i, b)| (start + i, b)) {
         match b {
-            b'"' | b'\'' => quote = Some(b),
             b'{' | b'[' => {
-                depth += 1;
-                max_depth = max_depth.max(depth);
+                open.push(b);
+                max_depth = max_depth.max(open.len());
             }
             b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
+                let opener = if b == b'}' { b'{' } else { b'[' };
+                if open.last() == Some(&opener) {
+                    open.pop();
+                }
+                if open.is_empty() {
+                    if continuation && continues_after_close(&text[i + 1..]) {
+                        return Some((start, text.len(), max_depth, false));
+                    }
                     return Some((start, i + 1, max_depth, false));
                 }
             }
@@ -80,13 +152,25 @@ fn balanced(text: &str) -> Option<(usize, usize, usize, bool)> {
 }
 
 pub(crate) fn extract(text: &str) -> Candidate<'_> {
-    let (base, region) = fenced(text).unwrap_or((0, text));
-    match balanced(region) {
-        Some((start, end, depth, unbalanced)) => Candidate {
-            text: &region[start..end],
+    extract_from(text, true, true)
+}
+
+/// [`extract`], where a caller reading value after value (each scan costing only what it
+/// reads) says whether a fence may come first and whether a value may go on past an early
+/// closer (which costs a scan of the rest).
+pub(crate) fn extract_from(text: &str, fence: bool, continuation: bool) -> Candidate<'_> {
+    let (base, region, end, fenced) = match if fence { fenced(text) } else { None } {
+        Some((base, body, end)) => (base, body, end, true),
+        None => (0, text, text.len(), false),
+    };
+    match balanced(region, continuation) {
+        Some((start, stop, depth, unbalanced)) => Candidate {
+            text: &region[start..stop],
             offset: base + start,
+            end: if fenced { end } else { base + stop },
             depth,
             unbalanced,
+            fenced,
         },
         None => {
             let trimmed = region.trim();
@@ -94,13 +178,14 @@ pub(crate) fn extract(text: &str) -> Candidate<'_> {
             Candidate {
                 text: trimmed,
                 offset,
+                end,
                 depth: 0,
                 unbalanced: false,
+                fenced,
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +208,20 @@ mod tests {
         assert_eq!((c.text, c.offset), ("42", 2));
         let c = extract("```json\n{\"cut\": ");
         assert_eq!(c.text, "{\"cut\": ");
+        // Inline and four-backtick fences; a fence inside the JSON or after it is no fence.
+        assert_eq!(extract("see: ```json {\"a\": 1} ``` ok").text, "{\"a\": 1}");
+        assert_eq!(extract("````{\"a\": 1}```").text, "{\"a\": 1}");
+        assert_eq!(extract("{\"k\": \"```json\"}").text, "{\"k\": \"```json\"}");
+        assert_eq!(extract("{\"a\": 1}\n}```").text, "{\"a\": 1}");
+        // A closer of the wrong kind closes nothing; one that came too early is passed.
+        assert_eq!(
+            extract("[{\"a\":1}},{\"b\":2}] x").text,
+            "[{\"a\":1}},{\"b\":2}]"
+        );
+        assert_eq!(
+            extract("{\"a\": 1}, \"b\": 2}").text,
+            "{\"a\": 1}, \"b\": 2}"
+        );
+        assert_eq!(extract("{\"a\": 1}, {\"b\": 2}").text, "{\"a\": 1}");
     }
 }

@@ -65,6 +65,7 @@ const MAX_TRANSPORT_DELAY: Duration = Duration::from_secs(60);
 /// | `max_bytes` | `1048576` | larger outputs are refused before parsing |
 /// | `max_depth` | `64` | deeper nesting is refused (at most 127, what serde_json parses) |
 /// | `exact` | `false` | only one JSON text passes: no extraction, no repair, no trailing text |
+/// | `all_values` | `false` | several JSON values in one answer come back as one array (off: the first) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
@@ -94,6 +95,11 @@ pub struct JsonGuardConfig {
     /// no extraction from fences or prose, no repair, no trailing text (RFC 8259's
     /// grammar, as JSONTestSuite's y_/n_ files test it). Off by default.
     pub exact: bool,
+    /// Several values: an answer holding more than one JSON value (`{"a": 1} {"b": 2}`,
+    /// two fenced blocks) gives them all, in order, as one array, as json_repair does;
+    /// empty objects and arrays among them are dropped, and one value stays itself. Off by
+    /// default: the first value is the answer and the rest is dropped text.
+    pub all_values: bool,
 }
 
 impl JsonGuardConfig {
@@ -110,6 +116,7 @@ impl JsonGuardConfig {
             max_bytes: 1 << 20,
             max_depth: 64,
             exact: false,
+            all_values: false,
         }
     }
 
@@ -117,6 +124,13 @@ impl JsonGuardConfig {
     #[must_use]
     pub const fn with_exact(mut self, exact: bool) -> Self {
         self.exact = exact;
+        self
+    }
+
+    /// Gives every JSON value in an answer, as one array, instead of the first.
+    #[must_use]
+    pub const fn with_all_values(mut self, all_values: bool) -> Self {
+        self.all_values = all_values;
         self
     }
 
@@ -494,7 +508,13 @@ impl JsonHardGuard {
                 if candidate.depth > self.config.max_depth {
                     return Err(too_deep());
                 }
-                self.read_candidate(&candidate, whole_error, whole.len(), &problem)?
+                let first =
+                    self.read_candidate(&candidate, Some(whole_error), whole.len(), &problem)?;
+                if self.config.all_values {
+                    self.further_values(text, candidate.end, first, &problem)?
+                } else {
+                    first
+                }
             }
         };
         let schema_problems = self.schema_problems(&value, attempt);
@@ -509,20 +529,92 @@ impl JsonHardGuard {
         })
     }
 
+    /// With `all_values`: the values after the first (from `from` on), each in a fence or
+    /// brackets, read as the first was, and all of them as one array.
+    fn further_values(
+        &self,
+        text: &str,
+        mut from: usize,
+        first: (Value, String, Vec<Fix>),
+        problem: &dyn Fn(ProblemKind, String) -> Vec<Problem>,
+    ) -> std::result::Result<(Value, String, Vec<Fix>), Vec<Problem>> {
+        let mut values = vec![first];
+        let fences: Vec<usize> = text.match_indices("```").map(|(at, _)| at).collect();
+        let mut next_fence = 0;
+        while from < text.len() {
+            // Each value costs what it reads: a fence is looked for only when one comes
+            // before the next bracket.
+            let bracket = text[from..]
+                .find(['{', '['])
+                .map_or(text.len(), |at| from + at);
+            while fences.get(next_fence).is_some_and(|&at| at < from) {
+                next_fence += 1;
+            }
+            let fence = fences.get(next_fence).is_some_and(|&at| at < bracket);
+            let mut next = extract::extract_from(&text[from..], fence, false);
+            // Prose after the last value (`… 42`) is no value.
+            if !(next.fenced || next.text.starts_with(['{', '['])) || next.text.trim().is_empty() {
+                break;
+            }
+            next.offset += from;
+            next.end += from;
+            if next.depth > self.config.max_depth {
+                return Err(problem(
+                    ProblemKind::TooDeep,
+                    format!("nesting deeper than {}", self.config.max_depth),
+                ));
+            }
+            values.push(self.read_candidate(&next, None, 0, problem)?);
+            if next.end <= from {
+                break;
+            }
+            from = next.end;
+        }
+        // `[]{"key": "value"}`: an empty container beside other values is a placeholder.
+        let empty = |v: &Value| {
+            v.as_array().is_some_and(Vec::is_empty)
+                || v.as_object().is_some_and(serde_json::Map::is_empty)
+        };
+        if values.iter().any(|(v, _, _)| !empty(v)) {
+            values.retain(|(v, _, _)| !empty(v));
+        } else {
+            values.truncate(1);
+        }
+        if values.len() == 1
+            && let Some(only) = values.pop()
+        {
+            return Ok(only);
+        }
+        let json = format!(
+            "[{}]",
+            values
+                .iter()
+                .map(|(_, j, _)| j.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let fixes = values
+            .iter_mut()
+            .flat_map(|(_, _, f)| std::mem::take(f))
+            .collect();
+        let value = Value::Array(values.into_iter().map(|(v, _, _)| v).collect());
+        Ok((value, json, fixes))
+    }
+
     /// The value of an answer that is not valid JSON as a whole: the JSON extracted from it,
-    /// else that JSON repaired.
+    /// else that JSON repaired. `whole_error` is the whole answer's parse error, reused when
+    /// the candidate is the whole answer (`whole_len` long).
     fn read_candidate(
         &self,
         candidate: &extract::Candidate<'_>,
-        whole_error: serde_json::Error,
+        whole_error: Option<serde_json::Error>,
         whole_len: usize,
         problem: &dyn Fn(ProblemKind, String) -> Vec<Problem>,
     ) -> std::result::Result<(Value, String, Vec<Fix>), Vec<Problem>> {
         // Parse the extracted candidate only when extraction found something smaller.
-        let strict = if candidate.text.len() == whole_len {
-            Err(whole_error)
-        } else {
-            serde_json::from_str::<Value>(candidate.text)
+        let strict = match whole_error {
+            Some(e) if candidate.text.len() == whole_len => Err(e),
+            _ => serde_json::from_str::<Value>(candidate.text),
         };
         Ok(match strict {
             Ok(v) => (v, candidate.text.to_string(), Vec::new()),
@@ -541,9 +633,10 @@ impl JsonHardGuard {
             // Prose without a bracket or a quote holds no JSON to repair: a bare word would
             // otherwise "repair" into a string.
             Err(_)
-                if !candidate
+                if !(candidate
                     .text
-                    .starts_with(['{', '[', '"', '\'', '\u{201C}', '\u{2018}']) =>
+                    .starts_with(['{', '[', '"', '\'', '\u{201C}', '\u{2018}'])
+                    || is_tuple(candidate.text)) =>
             {
                 return Err(problem(
                     ProblemKind::NoJson,
@@ -865,6 +958,17 @@ fn json_error(attempts: u32, problems: &[Problem]) -> GuardrailError {
             .map(|p| format!("attempt {}: {p}", p.attempt))
             .collect(),
     }
+}
+
+/// Whether `text` is a Python tuple of values (`(1, 2)`, `("a",)`), not prose in
+/// parentheses: what follows the opening parentheses starts a value.
+fn is_tuple(text: &str) -> bool {
+    text.strip_prefix('(').is_some_and(|rest| {
+        rest.trim_start_matches(|c: char| c == '(' || c.is_whitespace())
+            .starts_with(|c: char| {
+                c.is_ascii_digit() || matches!(c, '"' | '\'' | '-' | '[' | '{' | ')')
+            })
+    })
 }
 
 /// How deeply arrays and objects nest in `v` (a scalar is 0), the measure the extraction

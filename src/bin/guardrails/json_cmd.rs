@@ -28,6 +28,10 @@ pub(crate) struct JsonArgs {
     /// and input that is not UTF-8 fails.
     #[arg(long)]
     exact: bool,
+    /// Every JSON value in the input, as one array (empty ones dropped), instead of the
+    /// first; the reading json_repair gives several values.
+    #[arg(long)]
+    all_values: bool,
     /// Deepest nesting accepted.
     #[arg(long, value_name = "N", default_value_t = JsonGuardConfig::new().max_depth)]
     max_depth: usize,
@@ -43,6 +47,7 @@ fn guard(args: &JsonArgs) -> Result<JsonHardGuard, GuardrailError> {
     let config = JsonGuardConfig::new()
         .with_repair(!args.strict)
         .with_exact(args.exact)
+        .with_all_values(args.all_values)
         .with_max_depth(args.max_depth)
         .with_max_bytes(args.max_bytes);
     let guard = JsonHardGuard::new(config)?;
