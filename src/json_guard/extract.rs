@@ -2,6 +2,8 @@
 //! array in the prose (brackets inside strings ignored), else the whole text. One linear
 //! scan, which also measures the nesting depth.
 
+use std::ops::ControlFlow;
+
 /// The candidate text and what the scan learned about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Candidate<'a> {
@@ -80,12 +82,16 @@ fn fenced(text: &str) -> Option<(usize, &str, usize)> {
     first
 }
 
-/// The bytes of `text` outside strings quoted with one of `quotes` (the quotes
-/// themselves included), with their offsets.
-fn outside_strings<'a>(text: &'a str, quotes: &'a [u8]) -> impl Iterator<Item = (usize, u8)> + 'a {
+/// Calls `f` on each byte of `text` outside strings quoted with one of `quotes` (the
+/// quotes themselves included), with its offset, until `f` breaks.
+fn scan_outside_strings<R>(
+    text: &str,
+    quotes: &[u8],
+    mut f: impl FnMut(usize, u8) -> ControlFlow<R>,
+) -> Option<R> {
     let mut quote: Option<u8> = None;
     let mut escaped = false;
-    text.bytes().enumerate().filter(move |&(_, b)| {
+    for (i, &b) in text.as_bytes().iter().enumerate() {
         if let Some(q) = quote {
             if escaped {
                 escaped = false;
@@ -94,24 +100,30 @@ fn outside_strings<'a>(text: &'a str, quotes: &'a [u8]) -> impl Iterator<Item = 
             } else if b == q {
                 quote = None;
             }
-            return false;
+            continue;
         }
         if quotes.contains(&b) {
             quote = Some(b);
         }
-        true
-    })
+        if let ControlFlow::Break(r) = f(i, b) {
+            return Some(r);
+        }
+    }
+    None
 }
 
 /// Bracket balance of `text` outside strings: `}`/`]` seen minus `{`/`[` seen.
 pub(crate) fn excess_closers(text: &str) -> isize {
-    outside_strings(text, b"\"")
-        .map(|(_, b)| match b {
-            b'{' | b'[' => -1,
-            b'}' | b']' => 1,
-            _ => 0,
-        })
-        .sum()
+    let mut net = 0isize;
+    scan_outside_strings(text, b"\"", |_, b| {
+        match b {
+            b'{' | b'[' => net -= 1,
+            b'}' | b']' => net += 1,
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    net
 }
 
 /// Whether the text after a closed value continues the same value: a comma, then members,
@@ -127,7 +139,7 @@ fn balanced(text: &str, continuation: bool) -> Option<(usize, usize, usize, bool
     let start = text.find(['{', '['])?;
     let mut open: Vec<u8> = Vec::new();
     let mut max_depth = 0usize;
-    for (i, b) in outside_strings(&text[start..], b"\"'").map(|(i, b)| (start + i, b)) {
+    let closed = scan_outside_strings(&text[start..], b"\"'", |rel, b| {
         match b {
             b'{' | b'[' => {
                 open.push(b);
@@ -139,16 +151,21 @@ fn balanced(text: &str, continuation: bool) -> Option<(usize, usize, usize, bool
                     open.pop();
                 }
                 if open.is_empty() {
+                    let i = start + rel;
                     if continuation && continues_after_close(&text[i + 1..]) {
-                        return Some((start, text.len(), max_depth, false));
+                        return ControlFlow::Break(text.len());
                     }
-                    return Some((start, i + 1, max_depth, false));
+                    return ControlFlow::Break(i + 1);
                 }
             }
             _ => {}
         }
-    }
-    Some((start, text.len(), max_depth, true))
+        ControlFlow::Continue(())
+    });
+    Some(match closed {
+        Some(end) => (start, end, max_depth, false),
+        None => (start, text.len(), max_depth, true),
+    })
 }
 
 pub(crate) fn extract(text: &str) -> Candidate<'_> {

@@ -1,6 +1,7 @@
 //! Repair of malformed JSON in one linear pass with an explicit stack (no recursion, so
 //! nesting cannot overflow the stack), recording every fix it applies.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Serialize;
@@ -592,14 +593,28 @@ impl<'a> Repairer<'a> {
 
     fn word_end(&self, start: usize) -> usize {
         let src = self.src;
-        src[start..]
-            .char_indices()
-            .find(|&(i, c)| {
-                let slash_ok =
-                    c == '/' && !matches!(src[start + i + 1..].chars().next(), Some('/' | '*'));
-                !(c.is_alphanumeric() || matches!(c, '_' | '-' | '+' | '.' | '$') || slash_ok)
-            })
-            .map_or(src.len(), |(i, _)| start + i)
+        let bytes = src.as_bytes();
+        let mut i = start;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+' | b'.' | b'$') {
+                i += 1;
+            } else if b == b'/' {
+                // `1/3` is one word; `//` and `/*` start comments.
+                if matches!(bytes.get(i + 1), Some(b'/' | b'*')) {
+                    break;
+                }
+                i += 1;
+            } else if b >= 0x80 {
+                match src[i..].chars().next() {
+                    Some(c) if c.is_alphanumeric() => i += c.len_utf8(),
+                    _ => break,
+                }
+            } else {
+                break;
+            }
+        }
+        i
     }
 
     /// The end of a bare phrase in a value's place (`New York`, `words{in brackets}`):
@@ -631,9 +646,13 @@ impl<'a> Repairer<'a> {
         start + src[start..end].trim_end().len()
     }
 
-    fn number(word: &str) -> Option<String> {
+    /// The JSON number `word` spells, if it spells one.
+    fn number(word: &str) -> Option<Cow<'_, str>> {
+        if !word.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.')) {
+            return None;
+        }
         if serde_json::from_str::<serde_json::Number>(word).is_ok() {
-            return Some(word.to_string());
+            return Some(Cow::Borrowed(word));
         }
         let hex = word
             .strip_prefix("0x")
@@ -641,14 +660,14 @@ impl<'a> Repairer<'a> {
             .and_then(|h| i64::from_str_radix(h, 16).ok());
         let int = word.strip_prefix('+').unwrap_or(word).parse::<i64>().ok();
         if let Some(n) = hex.or(int) {
-            return Some(n.to_string());
+            return Some(Cow::Owned(n.to_string()));
         }
         let float = |w: &str| {
             w.parse::<f64>()
                 .ok()
                 .filter(|f| f.is_finite())
                 .and_then(serde_json::Number::from_f64)
-                .map(|n| n.to_string())
+                .map(|n| Cow::Owned(n.to_string()))
         };
         // `1_000` (digit groups, as Python and Rust write them) and `1e` (an exponent the
         // text lost) are the numbers they spell.
@@ -659,7 +678,7 @@ impl<'a> Repairer<'a> {
             });
         if grouped {
             let plain: String = word.chars().filter(|&c| c != '_').collect();
-            return Self::number(&plain);
+            return Self::number(&plain).map(|n| Cow::Owned(n.into_owned()));
         }
         let lost_exponent = word.trim_end_matches(['e', 'E', '+', '-']);
         if lost_exponent.len() < word.len() && lost_exponent.ends_with(|c: char| c.is_ascii_digit())
@@ -669,62 +688,32 @@ impl<'a> Repairer<'a> {
         float(word)
     }
 
-    /// A constant or number (`True`, `0x1F`, `1_000`) as JSON, else the word as a string.
-    fn value_word(&mut self, word: &str, at: usize) {
-        match word {
-            "true" | "false" | "null" => self.out.push_str(word),
-            "True" | "TRUE" => {
-                self.fix(FixKind::Constant, at);
-                self.out.push_str("true");
+    /// Writes a constant or number (`True`, `0x1F`, `1_000`) as JSON; false, writing
+    /// nothing, when the word is neither.
+    fn json_word(&mut self, word: &str, at: usize) -> bool {
+        let constant = match word {
+            "true" | "false" | "null" => {
+                self.out.push_str(word);
+                return true;
             }
-            "False" | "FALSE" => {
-                self.fix(FixKind::Constant, at);
-                self.out.push_str("false");
-            }
+            "True" | "TRUE" => "true",
+            "False" | "FALSE" => "false",
             "None" | "none" | "NULL" | "Null" | "nil" | "undefined" | "NaN" | "nan"
-            | "Infinity" | "-Infinity" | "+Infinity" | "inf" | "-inf" => {
-                self.fix(FixKind::Constant, at);
-                self.out.push_str("null");
-            }
+            | "Infinity" | "-Infinity" | "+Infinity" | "inf" | "-inf" => "null",
             _ => match Self::number(word) {
                 Some(n) => {
                     if n != word {
                         self.fix(FixKind::Number, at);
                     }
                     self.out.push_str(&n);
+                    return true;
                 }
-                None => {
-                    self.fix(FixKind::UnquotedString, at);
-                    self.push_string(word);
-                }
+                None => return false,
             },
-        }
-    }
-
-    fn is_constant_or_number(word: &str) -> bool {
-        matches!(
-            word,
-            "true"
-                | "false"
-                | "null"
-                | "True"
-                | "TRUE"
-                | "False"
-                | "FALSE"
-                | "None"
-                | "none"
-                | "NULL"
-                | "Null"
-                | "nil"
-                | "undefined"
-                | "NaN"
-                | "nan"
-                | "Infinity"
-                | "-Infinity"
-                | "+Infinity"
-                | "inf"
-                | "-inf"
-        ) || Self::number(word).is_some()
+        };
+        self.fix(FixKind::Constant, at);
+        self.out.push_str(constant);
+        true
     }
 
     fn close(&mut self, frame: Frame) {
@@ -834,7 +823,13 @@ impl<'a> Repairer<'a> {
     /// reading goes on.
     fn bare_key(&mut self, i: usize) -> usize {
         let src = self.src;
-        let end = self.phrase_end(i);
+        // The common case, one word and its colon, needs no phrase scan.
+        let word_end = self.word_end(i);
+        let end = if src[word_end..].trim_start().starts_with(':') {
+            word_end
+        } else {
+            self.phrase_end(i)
+        };
         let end = end.max(i + src[i..].chars().next().map_or(1, char::len_utf8));
         if src[end..].trim_start().starts_with(':') {
             self.begin_item(i);
@@ -865,8 +860,7 @@ impl<'a> Repairer<'a> {
             return word_end;
         }
         self.begin_item(i);
-        let end = if Self::is_constant_or_number(word) {
-            self.value_word(word, i);
+        let end = if self.json_word(word, i) {
             word_end
         } else {
             let mut end = self.phrase_end(i).max(word_end);
@@ -961,9 +955,7 @@ impl<'a> Repairer<'a> {
                     self.fix(FixKind::SplitKey, i);
                     self.push_string(key.trim());
                     self.out.push(':');
-                    if Self::is_constant_or_number(value) {
-                        self.value_word(value, i);
-                    } else {
+                    if !self.json_word(value, i) {
                         self.push_string(value);
                     }
                     self.end_value();
@@ -1188,18 +1180,7 @@ impl<'a> Repairer<'a> {
 }
 
 fn last_quotes(src: &str) -> [(char, usize); 4] {
-    let mut last = [
-        ('"', usize::MAX),
-        ('\'', usize::MAX),
-        ('\u{201D}', usize::MAX),
-        ('\u{2019}', usize::MAX),
-    ];
-    for (i, c) in src.char_indices() {
-        if let Some(slot) = last.iter_mut().find(|(q, _)| *q == c) {
-            slot.1 = i;
-        }
-    }
-    last
+    ['"', '\'', '\u{201D}', '\u{2019}'].map(|q| (q, src.rfind(q).unwrap_or(usize::MAX)))
 }
 
 /// Repairs `src` (found at byte `base` of the original) into JSON text.
