@@ -552,7 +552,11 @@ fn io_class(kind: io::ErrorKind) -> ErrorClass {
         | K::ConnectionAborted
         | K::WouldBlock
         | K::ResourceBusy => ErrorClass::Retryable,
-        K::StorageFull | K::OutOfMemory | K::QuotaExceeded => ErrorClass::Recoverable,
+        // EFBIG: the file-size limit (`RLIMIT_FSIZE`) or the filesystem's largest file, a
+        // full disk by another name for the writer.
+        K::StorageFull | K::OutOfMemory | K::QuotaExceeded | K::FileTooLarge => {
+            ErrorClass::Recoverable
+        }
         K::InvalidData | K::UnexpectedEof => ErrorClass::Validation,
         _ => ErrorClass::Fatal,
     }

@@ -49,6 +49,7 @@
 //! | `cli` | the `guardrails` command-line tool |
 //! | `tower` | [`tower`] layers for the breaker, bulkhead and rate limiter |
 //! | `metrics` | metrics export |
+//! | `durable` | durable stage outputs: atomic file and directory writes (Unix) |
 //! | `full` | all of the above |
 //!
 //! `redis` and `metrics` are accepted and turn on nothing yet: their parts have not landed.
@@ -70,6 +71,9 @@ pub mod backoff;
 pub mod cache;
 pub mod clock;
 pub mod config;
+#[cfg(all(feature = "durable", unix))]
+#[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+pub mod durable;
 pub mod error;
 pub mod health;
 #[cfg(feature = "data")]

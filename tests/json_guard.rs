@@ -450,6 +450,7 @@ async fn async_run_retries_transport_on_tokio_time_and_reasks() {
 
 /// Numbers come back as the model wrote them: integers past 64 bits, `-0`, long decimals
 /// and exponents, in valid documents with and without a schema, and through repair.
+#[cfg(feature = "json")]
 #[test]
 fn numbers_survive_exactly_as_written() {
     let cases = [
