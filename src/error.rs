@@ -10,9 +10,9 @@
 //!
 //! | class | meaning | examples |
 //! |---|---|---|
-//! | [`Retryable`](ErrorClass::Retryable) | the same call may succeed if tried again | timeout, rate limited, bulkhead full, interrupted or reset I/O |
-//! | [`Recoverable`](ErrorClass::Recoverable) | do not repeat it now, but the pipeline can go on with a fallback, a smaller batch or after freeing something | resource exhausted, circuit open, retries exhausted, disk full |
-//! | [`Fatal`](ErrorClass::Fatal) | stop: a human must change something | configuration, file not found, permission denied, cancelled |
+//! | [`Retryable`](ErrorClass::Retryable) | the same call may succeed if tried again | timeout, rate limited, bulkhead full, interrupted or reset I/O, a store locked past its busy timeout |
+//! | [`Recoverable`](ErrorClass::Recoverable) | do not repeat it now, but the pipeline can go on with a fallback, a smaller batch or after freeing something | resource exhausted, circuit open, retries exhausted, disk full (a store's too) |
+//! | [`Fatal`](ErrorClass::Fatal) | stop: a human must change something | configuration, file not found, permission denied, cancelled, a damaged or newer-schema store |
 //! | [`Validation`](ErrorClass::Validation) | the input data is wrong; skip or quarantine it | data integrity, invalid or truncated file content |
 //!
 //! Context (stage, operation, correlation id, recovery hint) is attached with
@@ -125,6 +125,8 @@ pub enum ErrorKind {
     External,
     /// [`GuardrailError::JsonGuard`]
     JsonGuard,
+    /// [`GuardrailError::Store`]
+    Store,
 }
 
 impl ErrorKind {
@@ -143,6 +145,7 @@ impl ErrorKind {
             Self::Cancelled => "cancelled",
             Self::External => "external",
             Self::JsonGuard => "json_guard",
+            Self::Store => "store",
         }
     }
 }
@@ -270,6 +273,24 @@ pub enum GuardrailError {
         problems: Vec<String>,
     },
 
+    /// A durable store (the run registry's SQLite file, a state store) failed or refused an
+    /// operation. The class depends on why: a database another process holds past the busy
+    /// timeout is retryable, a full disk recoverable, a damaged or newer-schema file fatal.
+    #[error("store {store}: {operation}: {reason}")]
+    Store {
+        /// Which store: a database path, or a server address without its credentials.
+        store: String,
+        /// What was being done, e.g. `"open"` or `"commit stage train"`.
+        operation: String,
+        /// What went wrong, in words.
+        reason: String,
+        /// How a caller should react.
+        class: ErrorClass,
+        /// The driver's error, when there is one.
+        #[source]
+        source: Option<Box<dyn StdError + Send + Sync>>,
+    },
+
     /// The caller's own error, carried through guards with a class the caller chose.
     #[error(transparent)]
     External(ExternalError),
@@ -374,6 +395,7 @@ impl GuardrailError {
             Self::Cancelled { .. } => ErrorKind::Cancelled,
             Self::External(_) => ErrorKind::External,
             Self::JsonGuard { .. } => ErrorKind::JsonGuard,
+            Self::Store { .. } => ErrorKind::Store,
             // `inner()` never returns these layers.
             Self::Context(_) | Self::Shared(_) => ErrorKind::External,
         }
@@ -393,6 +415,7 @@ impl GuardrailError {
             Self::DataIntegrity { .. } | Self::JsonGuard { .. } => ErrorClass::Validation,
             Self::Config { .. } | Self::Cancelled { .. } => ErrorClass::Fatal,
             Self::Io { source, .. } => io_class(source.kind()),
+            Self::Store { class, .. } => *class,
             Self::External(e) => e.class,
             Self::Context(_) | Self::Shared(_) => ErrorClass::Fatal,
         }
@@ -503,6 +526,12 @@ impl GuardrailError {
             Self::JsonGuard { attempts, problems } => {
                 json!({ "attempts": attempts, "problems": problems })
             }
+            Self::Store {
+                store,
+                operation,
+                reason,
+                ..
+            } => json!({ "store": store, "operation": operation, "reason": reason }),
             Self::External(_) => json!({}),
             Self::Context(_) | Self::Shared(_) => return self.inner().fields(),
         };

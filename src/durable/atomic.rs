@@ -14,7 +14,7 @@ use crate::error::{GuardrailError, Result, ResultExt};
 pub const TEMP_SUFFIX: &str = ".guardrails-tmp";
 
 /// The buffer between the caller's writes and the temporary file.
-const BUFFER: usize = 64 << 10;
+pub(super) const BUFFER: usize = 64 << 10;
 
 /// How many symbolic links are followed to find the file a path names (Linux's own limit).
 const MAX_LINKS: usize = 40;
@@ -188,7 +188,7 @@ fn commit(temp: tempfile::TempPath, target: &Path) -> Result<()> {
 
 /// Puts the directory at `from` in place of the existing `to`, in one step.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn replace_dir(from: &Path, to: &Path) -> Result<()> {
     use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_EXCHANGE)
         .map_err(|errno| GuardrailError::io(to, io::Error::from(errno)))
@@ -199,7 +199,7 @@ fn replace_dir(from: &Path, to: &Path) -> Result<()> {
 /// (to `from`'s name with a marker, a temporary name) first, as no single call exchanges
 /// two directories here.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn replace_dir(from: &Path, to: &Path) -> Result<()> {
     let aside = from.with_file_name(format!(
         "{}.old{TEMP_SUFFIX}",
         from.file_name().and_then(OsStr::to_str).unwrap_or(".old")
@@ -219,7 +219,7 @@ fn replace_dir(from: &Path, to: &Path) -> Result<()> {
 
 /// `.<name>.`: with tempfile's random part and [`TEMP_SUFFIX`] after it, the name of a
 /// temporary file or directory for the target `name`.
-fn temp_prefix(name: &OsStr) -> std::ffi::OsString {
+pub(super) fn temp_prefix(name: &OsStr) -> std::ffi::OsString {
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
     prefix.push(".");
@@ -228,7 +228,7 @@ fn temp_prefix(name: &OsStr) -> std::ffi::OsString {
 
 /// The file a path names, its symbolic links followed (a dangling or looping link is
 /// replaced itself).
-fn resolve_links(path: &Path) -> PathBuf {
+pub(super) fn resolve_links(path: &Path) -> PathBuf {
     let mut current = path.to_path_buf();
     for _ in 0..MAX_LINKS {
         match fs::read_link(&current) {
@@ -245,7 +245,7 @@ fn resolve_links(path: &Path) -> PathBuf {
 }
 
 /// The directory a target is written in and its file name.
-fn split(target: &Path) -> Result<(&Path, &OsStr)> {
+pub(super) fn split(target: &Path) -> Result<(&Path, &OsStr)> {
     let name = target.file_name().ok_or_else(|| {
         GuardrailError::io(
             target,
@@ -261,7 +261,7 @@ fn split(target: &Path) -> Result<(&Path, &OsStr)> {
 
 /// The permissions the new file gets: the old file's, else what `File::create` gives (the
 /// umask applies to the mode asked for).
-fn new_file_permissions(target: &Path) -> fs::Permissions {
+pub(super) fn new_file_permissions(target: &Path) -> fs::Permissions {
     match fs::metadata(target) {
         Ok(meta) => meta.permissions(),
         Err(_) => default_permissions(0o666),
@@ -271,13 +271,13 @@ fn new_file_permissions(target: &Path) -> fs::Permissions {
 /// The permissions asked for when creating with `mode` (the umask then applies, as it
 /// does for `File::create` and `fs::create_dir`).
 #[cfg(unix)]
-fn default_permissions(mode: u32) -> fs::Permissions {
+pub(super) fn default_permissions(mode: u32) -> fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
     fs::Permissions::from_mode(mode)
 }
 
 /// `fsync` of a directory, so that a rename in it survives a power cut.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         File::open(dir)
@@ -295,7 +295,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// `fsync` of every file and directory under `root` (children before their directory),
 /// without following symbolic links.
-fn sync_tree(root: &Path) -> Result<()> {
+pub(super) fn sync_tree(root: &Path) -> Result<()> {
     // An explicit stack: a deep tree cannot overflow the call stack.
     let mut pending = vec![(root.to_path_buf(), false)];
     while let Some((path, children_done)) = pending.pop() {

@@ -38,5 +38,17 @@
 //! ```
 
 mod atomic;
+mod consistency;
+mod digest;
+mod registry;
+mod stage;
 
 pub use atomic::{TEMP_SUFFIX, atomic_write, atomic_write_bytes, atomic_write_dir, is_temp_name};
+pub use consistency::{
+    Inconsistency, RepairReport, ResumeOptions, ResumePlan, ResumeState, StageResume, VerifyReport,
+};
+pub use registry::{
+    ArtifactKind, ArtifactRecord, AttemptStatus, Checkpoint, DEFAULT_REGISTRY, RegistryOptions,
+    RunId, RunInfo, RunRegistry, RunStatus, SCHEMA_VERSION, StageAttempt,
+};
+pub use stage::{AtomicStage, Recovered, StageCommit};
