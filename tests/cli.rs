@@ -537,3 +537,101 @@ fn validate_tells_unsupported_from_damaged() {
         Some(0)
     );
 }
+
+/// `runs list|show|verify` over a registry a pipeline wrote: JSON shapes and exit codes
+/// (0 consistent, 1 inconsistent, 2 unreadable registry or unknown run).
+#[test]
+fn runs_commands_read_the_registry_and_exit_by_consistency() {
+    use guardrails::durable::RunRegistry;
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let registry = RunRegistry::open(&db).unwrap();
+    let run = registry.start_run("video", "cfg-7").unwrap();
+    registry
+        .run_stage(&run, "decode", |s| {
+            s.write(dir.path().join("frames.npy"), |w| {
+                Ok(w.write_all(b"frames")?)
+            })?;
+            s.record("clips", 12);
+            Ok(())
+        })
+        .unwrap();
+    drop(registry);
+    let db_arg = db.to_str().unwrap();
+    let json = |args: &[&str]| {
+        let out = guardrails(args);
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), value)
+    };
+
+    let (code, list) = json(&["runs", "list", "--registry", db_arg, "--format", "json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(list["runs"][0]["id"], run.as_str());
+    assert_eq!(list["runs"][0]["pipeline"], "video");
+    // Its writer (this test) is alive and has not finished it.
+    assert_eq!(list["runs"][0]["status"], "running");
+
+    let (code, show) = json(&[
+        "runs",
+        "show",
+        run.as_str(),
+        "--registry",
+        db_arg,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(show["attempts"][0]["status"], "committed");
+    assert_eq!(show["attempts"][0]["metrics"]["clips"], 12);
+    assert_eq!(show["artifacts"][0]["size"], 6);
+
+    let (code, ok) = json(&[
+        "runs",
+        "verify",
+        run.as_str(),
+        "--registry",
+        db_arg,
+        "--format",
+        "json",
+    ]);
+    assert_eq!((code, ok["consistent"].as_bool()), (Some(0), Some(true)));
+    std::fs::write(dir.path().join("frames.npy"), b"other!!").unwrap();
+    let (code, bad) = json(&[
+        "runs",
+        "verify",
+        run.as_str(),
+        "--registry",
+        db_arg,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["problems"][0]["kind"], "changed");
+
+    let (code, err) = json(&[
+        "runs",
+        "show",
+        "nope",
+        "--registry",
+        db_arg,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err["error"]["kind"], "store");
+    let junk = write(dir.path(), "junk.db", "not a database at all, just text");
+    let (code, err) = json(&["runs", "list", "--registry", &junk, "--format", "json"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("junk.db"),
+        "{err}"
+    );
+    let out = guardrails(&["runs", "list", "--registry", "/nonexistent/reg.db"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no registry file"));
+}

@@ -380,6 +380,14 @@ fn killed_stage_commits_leave_all_outputs_old_or_all_new() {
     );
     assert!(advanced > 20, "{advanced}");
     assert!(mid_commit > 0, "no kill landed inside a commit");
+    // Attempts killed before their commit show as interrupted, not as running.
+    let attempts = RunRegistry::open(&db).unwrap().attempts(&run).unwrap();
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.status == AttemptStatus::Interrupted)
+    );
+    assert!(!attempts.iter().any(|a| a.status == AttemptStatus::Running));
 }
 
 #[test]

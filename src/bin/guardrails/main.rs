@@ -11,6 +11,7 @@ mod config_cmd;
 mod health_cmd;
 mod json_cmd;
 mod output;
+mod runs_cmd;
 mod validate_cmd;
 
 use output::{Format, Output};
@@ -46,6 +47,9 @@ enum Command {
     /// Read an LLM's answer on stdin and print the valid JSON in it (repaired unless
     /// --strict). Exit 1 when no valid JSON could be produced.
     Json(json_cmd::JsonArgs),
+    /// Read a pipeline's run registry: runs, stage attempts, artifacts, consistency.
+    #[command(subcommand)]
+    Runs(runs_cmd::RunsCommand),
     /// Check data files before a pipeline uses them.
     #[command(subcommand)]
     Validate(validate_cmd::ValidateCommand),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd, &out),
         Command::Health(args) => health_cmd::run(args, &out),
         Command::Json(args) => json_cmd::run(args, &out),
+        Command::Runs(cmd) => runs_cmd::run(cmd, &out),
         Command::Validate(cmd) => validate_cmd::run(cmd, &out),
     };
     ExitCode::from(status as u8)
