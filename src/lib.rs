@@ -49,7 +49,7 @@
 //! | `cli` | the `guardrails` command-line tool |
 //! | `tower` | [`tower`] layers for the breaker, bulkhead and rate limiter |
 //! | `metrics` | metrics export |
-//! | `durable` | durable stage outputs: atomic file and directory writes (Unix) |
+//! | `durable` | durable stage outputs (Unix): atomic file and directory writes, atomic stages, the run registry on SQLite (rusqlite, bundled), checkpoints, resume, verify/repair |
 //! | `full` | all of the above |
 //!
 //! `redis` and `metrics` are accepted and turn on nothing yet: their parts have not landed.

@@ -430,15 +430,22 @@ fn output_folders(artifacts: &[ArtifactRecord]) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// The registry's own files (`registry.db`, `-wal`, `-shm`, `-journal`) are not outputs.
+/// The registry's own files (`registry.db`, `-wal`, `-shm`, `-journal`) and the folders
+/// holding them are not outputs.
 fn is_registry_file(registry: &Path, path: &Path) -> bool {
-    let db = registry.as_os_str().to_string_lossy();
-    let p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let db_abs = std::path::absolute(registry)
-        .map(|d| d.as_os_str().to_string_lossy().into_owned())
-        .unwrap_or_else(|_| db.into_owned());
-    let p = p.as_os_str().to_string_lossy();
-    p == db_abs
-        || p.strip_prefix(db_abs.as_str())
-            .is_some_and(|rest| ["-wal", "-shm", "-journal"].contains(&rest))
+    let Ok(db) = std::path::absolute(registry) else {
+        return false;
+    };
+    let Ok(path) = std::path::absolute(path) else {
+        return false;
+    };
+    if db.starts_with(&path) {
+        return true;
+    }
+    let (db, path) = (
+        db.as_os_str().as_encoded_bytes(),
+        path.as_os_str().as_encoded_bytes(),
+    );
+    path.strip_prefix(db)
+        .is_some_and(|rest| [&b""[..], b"-wal", b"-shm", b"-journal"].contains(&rest))
 }

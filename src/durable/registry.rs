@@ -87,7 +87,7 @@ CREATE TABLE checkpoints (
 /// | option | default | meaning |
 /// |---|---|---|
 /// | `busy_timeout` | 10 s | how long a write waits for another process's transaction before failing (retryable) |
-/// | `keep_checkpoints` | 3 | checkpoint versions kept per stage; older ones are pruned when a new one is saved |
+/// | `keep_checkpoints` | 3 | checkpoint versions kept per stage at least (pruned every that many saves, so up to twice as many less one stay) |
 /// | `clock` | [`SystemClock`] | where timestamps and durations come from |
 #[derive(Clone)]
 pub struct RegistryOptions {
@@ -724,8 +724,10 @@ impl RunRegistry {
         stage: &str,
     ) -> Result<Option<Checkpoint<T>>> {
         let row = self.read("load a checkpoint", |c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT version, value, artifacts, saved_ms FROM checkpoints WHERE run_id = ?1 AND stage = ?2 ORDER BY version DESC LIMIT 1",
+            )?
+            .query_row(
                 params![run.0, stage],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)),
             )
@@ -762,27 +764,31 @@ pub(super) fn insert_checkpoint(
     now: i64,
     keep: i64,
 ) -> rusqlite::Result<u64> {
-    let version: i64 = tx.query_row(
-        "SELECT coalesce(max(version), 0) + 1 FROM checkpoints WHERE run_id = ?1 AND stage = ?2",
-        params![run, stage],
-        |r| r.get(0),
-    )?;
-    let artifacts: Vec<ArtifactRecord> = {
-        let mut stmt = tx.prepare_cached(
+    // Cached statements: parsing the SQL each time cost as much as the rows themselves.
+    let version: i64 = tx
+        .prepare_cached(
+            "SELECT coalesce(max(version), 0) + 1 FROM checkpoints WHERE run_id = ?1 AND stage = ?2",
+        )?
+        .query_row(params![run, stage], |r| r.get(0))?;
+    let artifacts: Vec<ArtifactRecord> = tx
+        .prepare_cached(
             "SELECT stage, path, kind, size, mtime_ns, checksum FROM artifacts WHERE run_id = ?1 AND stage = ?2 ORDER BY path",
-        )?;
-        stmt.query_map(params![run, stage], artifact_row)?
-            .collect::<rusqlite::Result<_>>()?
-    };
+        )?
+        .query_map(params![run, stage], artifact_row)?
+        .collect::<rusqlite::Result<_>>()?;
     let artifacts = serde_json::to_string(&artifacts).unwrap_or_else(|_| "[]".into());
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO checkpoints (run_id, stage, version, value, artifacts, saved_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![run, stage, version, value, artifacts, now],
-    )?;
-    tx.execute(
-        "DELETE FROM checkpoints WHERE run_id = ?1 AND stage = ?2 AND version <= ?3",
-        params![run, stage, version - keep],
-    )?;
+    )?
+    .execute(params![run, stage, version, value, artifacts, now])?;
+    // Pruned every `keep` saves rather than on each: between `keep` and `2 * keep - 1`
+    // versions stay, and most saves write one row instead of two.
+    if version % keep == 0 {
+        tx.prepare_cached(
+            "DELETE FROM checkpoints WHERE run_id = ?1 AND stage = ?2 AND version <= ?3",
+        )?
+        .execute(params![run, stage, version - keep])?;
+    }
     Ok(u64::try_from(version).unwrap_or(0))
 }
 
