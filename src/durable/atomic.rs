@@ -67,15 +67,8 @@ pub fn atomic_write<T>(
     write: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
 ) -> Result<T> {
     let target = resolve_links(path.as_ref());
-    let (dir, name) = split(&target)?;
-    let prefix = temp_prefix(name);
-    let temp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(TEMP_SUFFIX)
-        .permissions(new_file_permissions(&target))
-        .tempfile_in(dir)
-        .path(&target)
-        .operation("create the temporary file of an atomic write")?;
+    let (dir, _) = split(&target)?;
+    let temp = temp_file_next_to(&target)?;
     // The temporary path removes the file when dropped — on an error, a panic in `write`
     // or any failed step below — until `persist` hands it over.
     let (file, temp_path) = temp.into_parts();
@@ -144,15 +137,8 @@ pub fn atomic_write_dir<T>(
     build: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<T> {
     let target = resolve_links(path.as_ref());
-    let (dir, name) = split(&target)?;
-    let prefix = temp_prefix(name);
-    let temp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(TEMP_SUFFIX)
-        .permissions(default_permissions(0o777))
-        .tempdir_in(dir)
-        .path(&target)
-        .operation("create the temporary directory of an atomic write")?;
+    let (dir, _) = split(&target)?;
+    let temp = temp_dir_next_to(&target)?;
     let value = build(temp.path()).path(&target)?;
     sync_tree(temp.path())?;
     let exists = fs::symlink_metadata(&target).is_ok();
@@ -217,9 +203,34 @@ pub(super) fn replace_dir(from: &Path, to: &Path) -> Result<()> {
         .operation("move the old directory of an atomic write to its removal")
 }
 
+/// A new temporary file in `target`'s directory, named for it, with the permissions the
+/// target would get; removed when dropped unless kept or persisted.
+pub(super) fn temp_file_next_to(target: &Path) -> Result<tempfile::NamedTempFile> {
+    let (dir, name) = split(target)?;
+    tempfile::Builder::new()
+        .prefix(&temp_prefix(name))
+        .suffix(TEMP_SUFFIX)
+        .permissions(new_file_permissions(target))
+        .tempfile_in(dir)
+        .path(target)
+        .operation("create the temporary file of an atomic write")
+}
+
+/// A new temporary directory in `target`'s directory, named for it.
+pub(super) fn temp_dir_next_to(target: &Path) -> Result<tempfile::TempDir> {
+    let (dir, name) = split(target)?;
+    tempfile::Builder::new()
+        .prefix(&temp_prefix(name))
+        .suffix(TEMP_SUFFIX)
+        .permissions(default_permissions(0o777))
+        .tempdir_in(dir)
+        .path(target)
+        .operation("create the temporary directory of an atomic write")
+}
+
 /// `.<name>.`: with tempfile's random part and [`TEMP_SUFFIX`] after it, the name of a
 /// temporary file or directory for the target `name`.
-pub(super) fn temp_prefix(name: &OsStr) -> std::ffi::OsString {
+fn temp_prefix(name: &OsStr) -> std::ffi::OsString {
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
     prefix.push(".");
@@ -261,7 +272,7 @@ pub(super) fn split(target: &Path) -> Result<(&Path, &OsStr)> {
 
 /// The permissions the new file gets: the old file's, else what `File::create` gives (the
 /// umask applies to the mode asked for).
-pub(super) fn new_file_permissions(target: &Path) -> fs::Permissions {
+fn new_file_permissions(target: &Path) -> fs::Permissions {
     match fs::metadata(target) {
         Ok(meta) => meta.permissions(),
         Err(_) => default_permissions(0o666),
@@ -271,7 +282,7 @@ pub(super) fn new_file_permissions(target: &Path) -> fs::Permissions {
 /// The permissions asked for when creating with `mode` (the umask then applies, as it
 /// does for `File::create` and `fs::create_dir`).
 #[cfg(unix)]
-pub(super) fn default_permissions(mode: u32) -> fs::Permissions {
+fn default_permissions(mode: u32) -> fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
     fs::Permissions::from_mode(mode)
 }

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TEMP_SUFFIX;
 use super::atomic::{
-    BUFFER, default_permissions, new_file_permissions, replace_dir, resolve_links, split, sync_dir,
-    sync_tree, temp_prefix,
+    BUFFER, replace_dir, resolve_links, sync_dir, sync_tree, temp_dir_next_to, temp_file_next_to,
 };
 use super::digest::digest;
 use super::registry::{
@@ -235,15 +234,7 @@ impl<'r> AtomicStage<'r> {
     /// or video encoder). The file is put in place on [`commit`](Self::commit).
     pub fn output(&mut self, target: impl AsRef<Path>) -> Result<PathBuf> {
         let target = self.check_target(target.as_ref())?;
-        let (dir, name) = split(&target)?;
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(name))
-            .suffix(TEMP_SUFFIX)
-            .permissions(new_file_permissions(&target))
-            .tempfile_in(dir)
-            .path(&target)
-            .operation("create the temporary file of a stage output")?;
-        let temp = temp
+        let temp = temp_file_next_to(&target)?
             .into_temp_path()
             .keep()
             .map_err(|e| GuardrailError::io(&target, e.error))?;
@@ -281,15 +272,7 @@ impl<'r> AtomicStage<'r> {
     /// temporary directory to fill; it takes `target`'s place on commit.
     pub fn output_dir(&mut self, target: impl AsRef<Path>) -> Result<PathBuf> {
         let target = self.check_target(target.as_ref())?;
-        let (dir, name) = split(&target)?;
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(name))
-            .suffix(TEMP_SUFFIX)
-            .permissions(default_permissions(0o777))
-            .tempdir_in(dir)
-            .path(&target)
-            .operation("create the temporary directory of a stage output")?
-            .keep();
+        let temp = temp_dir_next_to(&target)?.keep();
         self.pending.push(Pending {
             target,
             temp: temp.clone(),
