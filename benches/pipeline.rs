@@ -133,10 +133,15 @@ fn checkpoints(c: &mut Criterion) {
     };
     let text = serde_json::to_string(&state).unwrap();
     assert!((900..1300).contains(&text.len()), "{}", text.len());
+    // Two raw peers with the registry's pragmas: `rusqlite` stores and reads the same row a
+    // checkpoint is (run, stage, version, value, the stage's artifact list, time) under the same
+    // key; `rusqlite_value_only` keeps just the value, the least any checkpoint store can do.
     let raw = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
     raw.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-         CREATE TABLE cp (stage TEXT, version INTEGER, value TEXT, PRIMARY KEY (stage, version));",
+         CREATE TABLE cp (run_id TEXT, stage TEXT, version INTEGER, value TEXT, artifacts TEXT,
+                          saved_ms INTEGER, PRIMARY KEY (run_id, stage, version));
+         CREATE TABLE cpv (stage TEXT, version INTEGER, value TEXT, PRIMARY KEY (stage, version));",
     )
     .unwrap();
     let mut g = c.benchmark_group("checkpoint_1KiB");
@@ -149,11 +154,24 @@ fn checkpoints(c: &mut Criterion) {
         b.iter(|| {
             v += 1;
             let tx = raw.unchecked_transaction().unwrap();
-            tx.execute(
-                "INSERT INTO cp (stage, version, value) VALUES ('train', ?1, ?2)",
-                params![v, serde_json::to_string(&state).unwrap()],
+            tx.prepare_cached(
+                "INSERT INTO cp (run_id, stage, version, value, artifacts, saved_ms) VALUES (?1, 'train', ?2, ?3, '[]', ?4)",
             )
+            .unwrap()
+            .execute(params![run.as_str(), v, serde_json::to_string(&state).unwrap(), v])
             .unwrap();
+            tx.commit().unwrap();
+        })
+    });
+    let mut v = 0i64;
+    g.bench_function("save/rusqlite_value_only", |b| {
+        b.iter(|| {
+            v += 1;
+            let tx = raw.unchecked_transaction().unwrap();
+            tx.prepare_cached("INSERT INTO cpv (stage, version, value) VALUES ('train', ?1, ?2)")
+                .unwrap()
+                .execute(params![v, serde_json::to_string(&state).unwrap()])
+                .unwrap();
             tx.commit().unwrap();
         })
     });
@@ -167,12 +185,25 @@ fn checkpoints(c: &mut Criterion) {
     });
     g.bench_function("load/rusqlite", |b| {
         b.iter(|| {
-            let text: String = raw
-                .query_row(
-                    "SELECT value FROM cp WHERE stage = 'train' ORDER BY version DESC LIMIT 1",
-                    [],
-                    |r| r.get(0),
+            let (text, artifacts): (String, String) = raw
+                .prepare_cached(
+                    "SELECT version, value, artifacts, saved_ms FROM cp WHERE run_id = ?1 AND stage = 'train' ORDER BY version DESC LIMIT 1",
                 )
+                .unwrap()
+                .query_row(params![run.as_str()], |r| Ok((r.get(1)?, r.get(2)?)))
+                .unwrap();
+            let artifacts: Vec<serde_json::Value> = serde_json::from_str(&artifacts).unwrap();
+            (serde_json::from_str::<State>(&text).unwrap(), artifacts)
+        })
+    });
+    g.bench_function("load/rusqlite_value_only", |b| {
+        b.iter(|| {
+            let text: String = raw
+                .prepare_cached(
+                    "SELECT value FROM cpv WHERE stage = 'train' ORDER BY version DESC LIMIT 1",
+                )
+                .unwrap()
+                .query_row([], |r| r.get(0))
                 .unwrap();
             serde_json::from_str::<State>(&text).unwrap()
         })
