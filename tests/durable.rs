@@ -1,15 +1,19 @@
 //! Atomic writes under failure: writers that fail or panic, a read-only directory, a file
-//! size limit (EFBIG) in a child process, and children killed with SIGKILL at random points.
+//! size limit (EFBIG) and a full disk (ENOSPC, a real tmpfs) in a child process, and children killed with SIGKILL at random points.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/process.rs"]
+mod process;
+
 use guardrails::durable::{atomic_write, atomic_write_bytes, atomic_write_dir, is_temp_name};
 use guardrails::{ErrorClass, ErrorKind, GuardrailError};
+use process::{rerun_args, rerun_ignored, wait_ready};
 
 fn temps_in(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
@@ -134,22 +138,6 @@ fn a_directory_is_replaced_whole_or_not_at_all() {
     assert!(temps_in(root.path()).is_empty());
 }
 
-/// Re-runs this test binary as a child running the `#[ignore]`d helper `name`.
-fn child(name: &str, envs: &[(&str, &Path)]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--ignored",
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
 /// A write past the file size limit gets EFBIG (SIGXFSZ ignored): a recoverable error
 /// naming the path, the old file intact, no temporary left.
 #[test]
@@ -160,11 +148,9 @@ fn a_file_size_limit_is_recoverable_and_keeps_the_old_file() {
     let exe = std::env::current_exe().unwrap();
     // `ulimit -f 16`: 8 or 16 KiB, as the shell counts blocks; the child writes 1 MiB.
     let out = Command::new("sh")
-        .args([
-            "-c",
-            "trap '' XFSZ; ulimit -f 16; exec \"$0\" --ignored --exact child_writes_past_the_size_limit --nocapture --test-threads=1",
-        ])
+        .args(["-c", "trap '' XFSZ; ulimit -f 16; exec \"$@\"", "sh"])
         .arg(&exe)
+        .args(rerun_args("child_writes_past_the_size_limit"))
         .env("GUARDRAILS_TEST_TARGET", &target)
         .output()
         .unwrap();
@@ -209,6 +195,138 @@ fn child_writes_past_the_size_limit() {
         "chain": err.report().to_string(),
     });
     println!("CHILD {report}");
+}
+
+/// A disk that fills for real: a 512 KiB tmpfs mounted in a private mount namespace of the
+/// child (so nothing outlives it), where atomic writes of a file and of a directory and a
+/// registry checkpoint each hit ENOSPC. The child checks what it sees and reports.
+#[test]
+fn a_full_disk_is_recoverable_and_keeps_the_old_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // `--map-root-user` lets an unprivileged user mount too; tmpfs allows mounts in a user
+    // namespace.
+    let out = Command::new("unshare")
+        .args([
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=512k guardrails-test \"$1\" && shift && exec \"$@\"",
+            "sh",
+        ])
+        .arg(dir.path())
+        .arg(&exe)
+        .args(rerun_args("child_fills_a_small_disk"))
+        .env("GUARDRAILS_TEST_TARGET", dir.path())
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("CHILD ").map(|(_, r)| r))
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let what: Vec<&str> = reports
+        .iter()
+        .map(|r| r["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(what, ["file", "dir", "checkpoint"], "{stdout}\n{stderr}");
+    for r in &reports {
+        assert_eq!(r["class"], "recoverable", "{r}");
+        let chain = r["chain"].as_str().unwrap().to_lowercase();
+        assert!(
+            chain.contains("no space") || chain.contains("disk holding the registry is full"),
+            "{r}"
+        );
+    }
+    // The mount was the child's own: the directory here is as empty as it was made.
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+#[ignore = "run by a_full_disk_is_recoverable_and_keeps_the_old_outputs"]
+fn child_fills_a_small_disk() {
+    let Some(root) = std::env::var_os("GUARDRAILS_TEST_TARGET").map(PathBuf::from) else {
+        return;
+    };
+    let report = |what: &str, err: &GuardrailError| {
+        let report = serde_json::json!({
+            "what": what,
+            "class": err.class().as_str(),
+            "message": err.to_string(),
+            "chain": err.report().to_string(),
+        });
+        println!("CHILD {report}");
+    };
+    // A file: 128 KiB stays, 400 KiB more does not fit beside it.
+    let file = root.join("table.bin");
+    atomic_write_bytes(&file, &[1u8; 128 << 10]).unwrap();
+    let err = atomic_write_bytes(&file, &[2u8; 400 << 10]).unwrap_err();
+    assert!(err.to_string().contains("table.bin"), "{err}");
+    assert_eq!(fs::read(&file).unwrap(), [1u8; 128 << 10]);
+    assert!(temps_in(&root).is_empty());
+    report("file", &err);
+
+    // A directory: three 32 KiB shards stay, three of 110 KiB do not fit.
+    let shards = root.join("shards");
+    let build = |size: usize, byte: u8| {
+        atomic_write_dir(&shards, |d| {
+            for name in ["a", "b", "c"] {
+                fs::write(d.join(name), vec![byte; size])?;
+            }
+            Ok(())
+        })
+    };
+    build(32 << 10, 1).unwrap();
+    let err = build(110 << 10, 2).unwrap_err();
+    assert!(err.to_string().contains("shards"), "{err}");
+    for name in ["a", "b", "c"] {
+        assert_eq!(fs::read(shards.join(name)).unwrap(), vec![1u8; 32 << 10]);
+    }
+    assert!(temps_in(&root).is_empty());
+    report("dir", &err);
+
+    // The registry: a checkpoint saved, the rest of the disk filled, a larger checkpoint
+    // refused; the first one still loads, and once space is freed a save works again.
+    let registry = guardrails::durable::RunRegistry::open(root.join("reg.db")).unwrap();
+    let run = registry.start_run("p", "h").unwrap();
+    registry.save_checkpoint(&run, "s", &"small").unwrap();
+    let filler = root.join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    for _ in 0..1024 {
+        if f.write_all(&[0u8; 4096])
+            .and_then(|()| f.sync_all())
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(f);
+    let big = "x".repeat(256 << 10);
+    let err = registry.save_checkpoint(&run, "s", &big).unwrap_err();
+    assert!(err.to_string().contains("reg.db"), "{err}");
+    assert_eq!(
+        registry
+            .load_checkpoint::<String>(&run, "s")
+            .unwrap()
+            .map(|c| c.value)
+            .as_deref(),
+        Some("small")
+    );
+    fs::remove_file(&filler).unwrap();
+    registry.save_checkpoint(&run, "s", &"after").unwrap();
+    assert_eq!(
+        registry
+            .load_checkpoint::<String>(&run, "s")
+            .unwrap()
+            .map(|c| c.value)
+            .as_deref(),
+        Some("after")
+    );
+    report("checkpoint", &err);
 }
 
 const PAYLOAD: usize = 96 << 10;
@@ -297,22 +415,14 @@ fn killed_writers_leave_the_old_or_the_new_output() {
             atomic_write_bytes(&target, &payload(0)).unwrap();
         }
         for run in 0..runs {
-            let mut proc = child(
-                "child_writes_until_killed",
-                &[("GUARDRAILS_TEST_TARGET", &target)],
-            )
-            .env("GUARDRAILS_TEST_MODE", mode)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-            let mut lines = BufReader::new(proc.stdout.take().unwrap()).lines();
-            while let Some(Ok(line)) = lines.next() {
-                // The harness may print `test … ... ` before the line on the same line.
-                if line.ends_with("CHILD ready") {
-                    break;
-                }
-            }
+            let mut proc = rerun_ignored("child_writes_until_killed")
+                .env("GUARDRAILS_TEST_TARGET", &target)
+                .env("GUARDRAILS_TEST_MODE", mode)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_ready(&mut proc);
             // Fault injection: the kill lands anywhere in the next few writes.
             std::thread::sleep(Duration::from_micros(rng.u64(0..6_000)));
             proc.kill().unwrap();

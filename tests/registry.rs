@@ -2,38 +2,20 @@
 //! sharing one registry, stage commits killed with SIGKILL, resume, verify and repair.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+#[path = "common/process.rs"]
+mod process;
 
 use guardrails::durable::{
     AttemptStatus, Inconsistency, ResumeOptions, ResumeState, RunId, RunRegistry, RunStatus,
 };
 use guardrails::{ErrorClass, ErrorKind, GuardrailError};
-
-/// Re-runs this test binary as a child running the `#[ignore]`d helper `name`.
-fn child(name: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--ignored",
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    cmd
-}
-
-fn wait_ready(proc: &mut std::process::Child) {
-    let mut lines = BufReader::new(proc.stdout.take().unwrap()).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if line.ends_with("CHILD ready") {
-            return;
-        }
-    }
-}
+use process::{rerun_ignored, wait_ready};
 
 #[test]
 fn a_stage_that_fails_panics_or_is_dropped_commits_nothing_and_rolls_back_in_reverse() {
@@ -225,7 +207,7 @@ fn two_processes_share_one_registry_without_lost_updates() {
     let procs: Vec<_> = ["a", "b"]
         .iter()
         .map(|w| {
-            child("child_commits_stages")
+            rerun_ignored("child_commits_stages")
                 .env("GUARDRAILS_TEST_DB", &db)
                 .env("GUARDRAILS_TEST_RUN", run.as_str())
                 .env("GUARDRAILS_TEST_WORKER", w)
@@ -329,7 +311,7 @@ fn killed_stage_commits_leave_all_outputs_old_or_all_new() {
     let mut mid_commit = 0;
     let mut last = 0u8;
     for i in 0..400 {
-        let mut proc = child("child_commits_until_killed")
+        let mut proc = rerun_ignored("child_commits_until_killed")
             .env("GUARDRAILS_TEST_DB", &db)
             .env("GUARDRAILS_TEST_RUN", run.as_str())
             .stdout(Stdio::piped())

@@ -26,3 +26,37 @@ pub(crate) fn wait_dead(pid: i32) -> bool {
     }
     false
 }
+
+/// Re-runs this test binary as a child that runs only the `#[ignore]`d helper test `name`,
+/// the way the fault tests start processes they can kill or confine.
+pub(crate) fn rerun_ignored(name: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(rerun_args(name));
+    cmd
+}
+
+/// The harness arguments that select only the `#[ignore]`d helper `name`.
+pub(crate) fn rerun_args(name: &str) -> [&str; 5] {
+    [
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ]
+}
+
+/// Reads a child's stdout until it says `CHILD ready` (the harness may print `test … ... `
+/// before it on the same line).
+pub(crate) fn wait_ready(proc: &mut std::process::Child) {
+    use std::io::BufRead;
+    let Some(stdout) = proc.stdout.take() else {
+        return;
+    };
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.ends_with("CHILD ready") {
+            return;
+        }
+    }
+}
