@@ -63,6 +63,12 @@ pub struct GuardrailsConfig {
     pub resources: ResourceLimits,
     /// `[json_guard]`: see [`JsonGuardConfig`].
     pub json_guard: JsonGuardConfig,
+    /// `[pipeline]`: see [`PipelineConfig`](crate::pipeline::PipelineConfig).
+    #[cfg(all(feature = "pipeline", unix))]
+    pub pipeline: crate::pipeline::PipelineConfig,
+    /// `[stages.<name>]`: see [`StageSpec`](crate::pipeline::StageSpec).
+    #[cfg(all(feature = "pipeline", unix))]
+    pub stages: BTreeMap<String, crate::pipeline::StageSpec>,
 }
 
 impl GuardrailsConfig {
@@ -79,6 +85,10 @@ impl GuardrailsConfig {
             caches: BTreeMap::new(),
             resources: ResourceLimits::new(),
             json_guard: JsonGuardConfig::new(),
+            #[cfg(all(feature = "pipeline", unix))]
+            pipeline: crate::pipeline::PipelineConfig::new(),
+            #[cfg(all(feature = "pipeline", unix))]
+            stages: BTreeMap::new(),
         }
     }
 
@@ -170,10 +180,14 @@ impl GuardrailsConfig {
         for (name, c) in &self.caches {
             sections.push((format!("caches.{name}"), c.validate()));
         }
-        sections
+        let mut problems: Vec<GuardrailError> = sections
             .into_iter()
             .filter_map(|(name, result)| result.err().map(|e| in_section(&name, e)))
-            .collect()
+            .collect();
+        // Stage problems already carry their full key (`stages.NAME.…`).
+        #[cfg(all(feature = "pipeline", unix))]
+        problems.extend(crate::pipeline::plan_problems(&self.stages));
+        problems
     }
 }
 
@@ -194,7 +208,7 @@ fn first_problem(mut problems: Vec<GuardrailError>) -> GuardrailError {
 }
 
 /// Prefixes a section's relative field name with the section's key.
-fn in_section(section: &str, err: GuardrailError) -> GuardrailError {
+pub(crate) fn in_section(section: &str, err: GuardrailError) -> GuardrailError {
     match err {
         GuardrailError::Config { field, reason } => GuardrailError::Config {
             field: format!("{section}.{field}"),

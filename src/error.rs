@@ -127,6 +127,8 @@ pub enum ErrorKind {
     JsonGuard,
     /// [`GuardrailError::Store`]
     Store,
+    /// [`GuardrailError::Stage`]
+    Stage,
 }
 
 impl ErrorKind {
@@ -146,6 +148,7 @@ impl ErrorKind {
             Self::External => "external",
             Self::JsonGuard => "json_guard",
             Self::Store => "store",
+            Self::Stage => "stage",
         }
     }
 }
@@ -291,6 +294,22 @@ pub enum GuardrailError {
         source: Option<Box<dyn StdError + Send + Sync>>,
     },
 
+    /// A pipeline stage was refused or stopped by one of its own checks: its preflight
+    /// (machine, prerequisites, inputs), an output it did not write, or a mandatory gate.
+    /// The class is the class of what failed (a full disk is recoverable, a gate on too
+    /// few rows is validation).
+    #[error("stage {stage}: {check}: {reason}")]
+    Stage {
+        /// The stage.
+        stage: String,
+        /// Which check, e.g. `"preflight"` or `"gate enough_rows"`.
+        check: String,
+        /// What it found, with the figures.
+        reason: String,
+        /// How a caller should react.
+        class: ErrorClass,
+    },
+
     /// The caller's own error, carried through guards with a class the caller chose.
     #[error(transparent)]
     External(ExternalError),
@@ -396,6 +415,7 @@ impl GuardrailError {
             Self::External(_) => ErrorKind::External,
             Self::JsonGuard { .. } => ErrorKind::JsonGuard,
             Self::Store { .. } => ErrorKind::Store,
+            Self::Stage { .. } => ErrorKind::Stage,
             // `inner()` never returns these layers.
             Self::Context(_) | Self::Shared(_) => ErrorKind::External,
         }
@@ -415,7 +435,7 @@ impl GuardrailError {
             Self::DataIntegrity { .. } | Self::JsonGuard { .. } => ErrorClass::Validation,
             Self::Config { .. } | Self::Cancelled { .. } => ErrorClass::Fatal,
             Self::Io { source, .. } => io_class(source.kind()),
-            Self::Store { class, .. } => *class,
+            Self::Store { class, .. } | Self::Stage { class, .. } => *class,
             Self::External(e) => e.class,
             Self::Context(_) | Self::Shared(_) => ErrorClass::Fatal,
         }
@@ -532,6 +552,12 @@ impl GuardrailError {
                 reason,
                 ..
             } => json!({ "store": store, "operation": operation, "reason": reason }),
+            Self::Stage {
+                stage,
+                check,
+                reason,
+                ..
+            } => json!({ "stage": stage, "check": check, "reason": reason }),
             Self::External(_) => json!({}),
             Self::Context(_) | Self::Shared(_) => return self.inner().fields(),
         };
@@ -873,6 +899,16 @@ impl<T, E: Into<GuardrailError>> ResultExt<T> for std::result::Result<T, E> {
             other => other,
         })
     }
+}
+
+/// The text of a caught panic's payload (`panic!("…")` gives a `&str` or a `String`), for
+/// the error that reports it.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into())
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@
 //! | `tower` | [`tower`] layers for the breaker, bulkhead and rate limiter |
 //! | `metrics` | metrics export |
 //! | `durable` | durable stage outputs (Unix): atomic file and directory writes, atomic stages, the run registry on SQLite (rusqlite, bundled), checkpoints, resume, verify/repair |
+//! | `pipeline` | `PipelineGuardrails`: declared stages with preflight, quality gates, quarantine and a guarded runner (turns on `data` and `durable`) |
 //! | `full` | all of the above |
 //!
 //! `redis` and `metrics` are accepted and turn on nothing yet: their parts have not landed.
@@ -81,6 +82,9 @@ pub mod health;
 pub mod integrity;
 pub mod json_guard;
 mod listeners;
+#[cfg(all(feature = "pipeline", unix))]
+#[cfg_attr(docsrs, doc(cfg(feature = "pipeline")))]
+pub mod pipeline;
 pub mod process;
 pub mod resilience;
 pub mod resource;

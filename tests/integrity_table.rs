@@ -724,3 +724,37 @@ fn a_csv_without_a_final_terminator_warns_unless_required() {
     assert_eq!(r.verdict, Verdict::Failed);
     assert!(r.findings.iter().any(|f| f.check == "line_end"));
 }
+
+/// A one-column CSV has no delimiter to detect: it is read as CSV when its extension or the
+/// check's format hint says so, and stays unknown otherwise.
+#[test]
+fn a_one_column_csv_is_read_by_its_extension_or_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("ids.csv");
+    std::fs::write(&named, "id\n1\n2\n3\n").unwrap();
+    let report = run(
+        named.clone(),
+        &TableCheck::new().with_required_columns(["id"]),
+    );
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.format, Format::Csv);
+    assert_eq!(report.info["rows"], 3);
+    assert!(warnings(&report).is_empty(), "{report:?}");
+
+    let bare = dir.path().join("ids");
+    std::fs::write(&bare, "id\n1\n2\n3\n").unwrap();
+    assert_eq!(
+        run(bare.clone(), &TableCheck::new()).format,
+        Format::Unknown
+    );
+    let hinted = run(
+        bare.clone(),
+        &TableCheck::new().with_format_hint(Format::Csv),
+    );
+    assert!(hinted.ok, "{hinted:?}");
+
+    // A binary file is not made a CSV by its name.
+    let binary = dir.path().join("blob.csv");
+    std::fs::write(&binary, [0u8, 1, 2, 3]).unwrap();
+    assert!(!run(binary, &TableCheck::new()).ok);
+}

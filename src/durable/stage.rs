@@ -462,10 +462,13 @@ impl<'r> AtomicStage<'r> {
         };
         let now = self.registry.now_ms();
         let duration = self.clock_elapsed_ms();
+        // The figures are kept with a failed attempt too: a gate that stopped the stage is
+        // judged on them, and the record says why.
+        let metrics = serde_json::Value::Object(std::mem::take(&mut self.metrics)).to_string();
         let recorded = self.registry.write("record a failed stage", |tx| {
             tx.execute(
-                "UPDATE stage_attempts SET status = 'failed', finished_ms = ?2, duration_ms = ?3, error_kind = ?4, error_class = ?5, error_message = ?6 WHERE id = ?1",
-                params![self.attempt_id, now, duration, kind, class, message],
+                "UPDATE stage_attempts SET status = 'failed', finished_ms = ?2, duration_ms = ?3, error_kind = ?4, error_class = ?5, error_message = ?6, metrics = ?7 WHERE id = ?1",
+                params![self.attempt_id, now, duration, kind, class, message, metrics],
             )
         });
         if let Err(e) = recorded {

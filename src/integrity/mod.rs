@@ -382,7 +382,21 @@ impl DataIntegrityChecker {
         keep: bool,
     ) -> Result<(Report, Option<Vec<RecordBatch>>)> {
         // The readers open the file again with what each needs (buffered, seekable).
-        let (_, _, mut report) = open_report(path, "table")?;
+        let (mut file, _, mut report) = open_report(path, "table")?;
+        if report.format == Format::Unknown
+            && check.format_hint.or_else(|| Format::from_extension(path)) == Some(Format::Csv)
+        {
+            use std::io::Seek;
+            let mut head = [0u8; 4096];
+            let n = file
+                .rewind()
+                .and_then(|()| read_up_to(&mut file, &mut head))
+                .map_err(|e| GuardrailError::io(path, e))?;
+            if table::looks_like_text(&head[..n]) {
+                report.format = Format::Csv;
+                report.findings.retain(|f| f.check != "format");
+            }
+        }
         let batches = table::check_table(path, report.format, check, keep, &mut report)?;
         Ok((report, batches))
     }
@@ -449,12 +463,10 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, St
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     drop(inside);
     caught.map_err(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown cause".into());
-        format!("the reader panicked: {what}")
+        format!(
+            "the reader panicked: {}",
+            crate::error::panic_message(payload.as_ref())
+        )
     })
 }
 

@@ -20,21 +20,28 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Text that could be a CSV: no NUL byte, UTF-8 (a character cut at the end of the sample
 /// is fine), and a delimiter in the first line.
 pub(crate) fn looks_like_csv(head: &[u8]) -> bool {
+    // Only the header line must be text: bad bytes further down are for the CSV check to
+    // report, not a reason to call the file something else.
+    let head = head.strip_prefix(BOM).unwrap_or(head);
+    let first_line = head.split(|&b| b == b'\n').next().unwrap_or(head);
+    looks_like_text(head)
+        && first_line
+            .iter()
+            .any(|b| matches!(b, b',' | b'\t' | b';' | b'|'))
+}
+
+/// Whether the file starts as text: no NUL byte and a UTF-8 first line, as a one-column CSV
+/// does (it has no delimiter for [`looks_like_csv`] to see).
+pub(crate) fn looks_like_text(head: &[u8]) -> bool {
     if head.is_empty() || head.contains(&0) {
         return false;
     }
     let head = head.strip_prefix(BOM).unwrap_or(head);
-    // Only the header line must be text: bad bytes further down are for the CSV check to
-    // report, not a reason to call the file something else.
     let first_line = head.split(|&b| b == b'\n').next().unwrap_or(head);
-    let valid = match std::str::from_utf8(first_line) {
+    match std::str::from_utf8(first_line) {
         Ok(_) => true,
         Err(e) => e.error_len().is_none(),
-    };
-    valid
-        && first_line
-            .iter()
-            .any(|b| matches!(b, b',' | b'\t' | b';' | b'|'))
+    }
 }
 
 /// Counts quote characters and remembers the last byte as the csv reader pulls bytes.

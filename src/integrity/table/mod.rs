@@ -19,7 +19,7 @@ use arrow_schema::{DataType, Schema};
 use super::{Format, Report, refs, spill};
 use crate::error::Result;
 
-pub(crate) use self::csv::looks_like_csv;
+pub(crate) use self::csv::{looks_like_csv, looks_like_text};
 pub(crate) use self::ipc::is_legacy_stream;
 pub(crate) use self::parquet::check_features as check_parquet_features;
 
@@ -110,6 +110,7 @@ pub struct TableCheck {
     batch_checks: Vec<(String, Arc<BatchCheckFn>)>,
     max_examples: usize,
     memory_limit: usize,
+    pub(crate) format_hint: Option<crate::integrity::Format>,
 }
 
 /// What one `unique` column may hold in memory before it spills sorted runs to disk.
@@ -141,6 +142,7 @@ impl fmt::Debug for TableCheck {
             .field("batch_checks", &names)
             .field("max_examples", &self.max_examples)
             .field("memory_limit", &self.memory_limit)
+            .field("format_hint", &self.format_hint)
             .finish()
     }
 }
@@ -164,6 +166,7 @@ impl TableCheck {
             batch_checks: Vec::new(),
             max_examples: 10,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            format_hint: None,
         }
     }
 
@@ -305,6 +308,15 @@ impl TableCheck {
     #[must_use]
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
+        self
+    }
+
+    /// The format to read the file as when its content does not say: a CSV file of one
+    /// column has no delimiter to detect, so it is read as CSV when this (or, without it,
+    /// the file's extension) says CSV and its start is text. Magic bytes always win.
+    #[must_use]
+    pub fn with_format_hint(mut self, format: crate::integrity::Format) -> Self {
+        self.format_hint = Some(format);
         self
     }
 

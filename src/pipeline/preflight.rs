@@ -1,0 +1,428 @@
+//! Preflight: the machine, the prerequisites and the inputs of a stage, all checked, every
+//! problem listed; and the data check that preflight and the output checks share.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::gates::{Figures, table_column_figures};
+use super::runner::PipelineGuardrails;
+use super::spec::{DataKind, DataSpec, StageSpec};
+use crate::error::{ErrorClass, GuardrailError, Result};
+use crate::integrity::{DataIntegrityChecker, FindingSeverity, Report};
+use crate::resource::Severity;
+
+/// Most files one folder input or output may hold; a folder past this is refused rather
+/// than listed into memory.
+const MAX_FOLDER_FILES: usize = 1_000_000;
+
+/// One problem (or warning) preflight found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PreflightFinding {
+    /// `"resources"`, `"prerequisite"`, `"input"` or `"output_space"`.
+    pub check: String,
+    /// What it is about: a resource, an upstream stage, an input's name.
+    pub subject: String,
+    /// What was found, in words.
+    pub message: String,
+    /// How a caller should react.
+    pub class: ErrorClass,
+}
+
+/// What [`PipelineGuardrails::preflight`] found for one stage: `ok` when `errors` is empty.
+///
+/// The seed's `(is_ok, errors, info)` triple, with warnings apart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PreflightReport {
+    /// The stage.
+    pub stage: String,
+    /// No errors.
+    pub ok: bool,
+    /// Every problem that stops the stage.
+    pub errors: Vec<PreflightFinding>,
+    /// What is close to a limit or worth knowing.
+    pub warnings: Vec<PreflightFinding>,
+    /// What was checked: figures of the inputs, free space, upstream stages.
+    pub info: BTreeMap<String, Value>,
+    /// The inputs' figures, for the stage's gates.
+    #[serde(skip)]
+    pub(crate) figures: Figures,
+}
+
+impl PreflightReport {
+    fn new(stage: &str) -> Self {
+        Self {
+            stage: stage.to_string(),
+            ok: true,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            info: BTreeMap::new(),
+            figures: Figures::default(),
+        }
+    }
+
+    fn error(&mut self, check: &str, subject: &str, message: String, class: ErrorClass) {
+        self.ok = false;
+        self.errors.push(PreflightFinding {
+            check: check.into(),
+            subject: subject.into(),
+            message,
+            class,
+        });
+    }
+
+    fn warning(&mut self, check: &str, subject: &str, message: String) {
+        self.warnings.push(PreflightFinding {
+            check: check.into(),
+            subject: subject.into(),
+            message,
+            class: ErrorClass::Recoverable,
+        });
+    }
+
+    /// The report as an error when it is not ok: a [`GuardrailError::Stage`] listing every
+    /// problem, classed as its first problem is.
+    pub fn into_result(self) -> Result<Self> {
+        match self.errors.first() {
+            None => Ok(self),
+            Some(first) => Err(GuardrailError::Stage {
+                stage: self.stage.clone(),
+                check: "preflight".into(),
+                reason: self
+                    .errors
+                    .iter()
+                    .map(|e| format!("{} {}: {}", e.check, e.subject, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                class: first.class,
+            }),
+        }
+    }
+}
+
+/// The reports and figures of one declared input or output.
+#[derive(Debug, Default)]
+pub(crate) struct DataCheck {
+    pub(crate) reports: Vec<Report>,
+    pub(crate) figures: Figures,
+}
+
+impl DataCheck {
+    /// The first failing report as an error, for the stage.
+    pub(crate) fn first_error(&self) -> Option<GuardrailError> {
+        self.reports
+            .iter()
+            .find(|r| {
+                r.findings.iter().any(|f| {
+                    matches!(
+                        f.severity,
+                        FindingSeverity::Error | FindingSeverity::Unsupported
+                    )
+                })
+            })
+            .and_then(|r| r.clone().into_result().err())
+    }
+}
+
+/// Whether the data at a path is a folder of files rather than one file: videos always
+/// are unless the path names a file, features when the path has no extension.
+pub(crate) fn is_folder(spec: &DataSpec) -> bool {
+    match spec.kind {
+        DataKind::Table => false,
+        DataKind::Features | DataKind::Videos => {
+            spec.path.is_dir() || spec.path.extension().is_none()
+        }
+    }
+}
+
+/// Checks the data `spec` declares, read at `at` (its own path, or the temporary path of an
+/// output not yet committed); reports name `spec.path`. `wanted` are the column figures the
+/// gates ask for (`(measure, column)`).
+pub(crate) fn check_data(
+    checker: &DataIntegrityChecker,
+    name: &str,
+    spec: &DataSpec,
+    at: &Path,
+    wanted: &BTreeSet<(String, String)>,
+) -> DataCheck {
+    let mut out = DataCheck::default();
+    let kind = match spec.kind {
+        DataKind::Table => "table",
+        DataKind::Features => "feature",
+        DataKind::Videos => "video",
+    };
+    let files = if is_folder(spec) {
+        match folder_files(at, spec) {
+            Ok(files) => files,
+            Err(e) => {
+                out.reports.push(Report::unreadable(&spec.path, kind, &e));
+                return out;
+            }
+        }
+    } else {
+        vec![at.to_path_buf()]
+    };
+    let total = files.len();
+    let stride = spec
+        .sample
+        .map_or(1, |s| ((1.0 / s).round() as usize).max(1));
+    let mut rows = 0u64;
+    let mut bytes = 0u64;
+    for file in files.iter().step_by(stride) {
+        let shown = spec.path.join(file.strip_prefix(at).unwrap_or(file));
+        let shown = if shown == spec.path.join("") {
+            spec.path.clone()
+        } else {
+            shown
+        };
+        let result = match spec.kind {
+            DataKind::Table => {
+                let table_dir = spec.path.parent().unwrap_or(Path::new("."));
+                let check = spec.table_check(table_dir);
+                if wanted.is_empty() {
+                    checker.validate_metadata_file(file, &check)
+                } else {
+                    checker
+                        .load_metadata_file(file, &check)
+                        .map(|(r, batches)| {
+                            out.figures
+                                .extend(table_column_figures(name, &batches, wanted));
+                            r
+                        })
+                }
+            }
+            DataKind::Features => checker.validate_feature_file(file, &spec.feature_check()),
+            DataKind::Videos => checker.validate_video_file(file, &spec.video_check()),
+        };
+        let mut report = result.unwrap_or_else(|e| Report::unreadable(file, kind, &e));
+        report.path = shown;
+        rows += report.info.get("rows").and_then(Value::as_u64).unwrap_or(0);
+        bytes += report
+            .info
+            .get("file_bytes")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        out.reports.push(report);
+    }
+    if spec.kind != DataKind::Videos {
+        out.figures.set(format!("{name}.rows"), rows as f64);
+    }
+    out.figures.set(format!("{name}.files"), total as f64);
+    out.figures.set(format!("{name}.bytes"), bytes as f64);
+    out
+}
+
+/// The files of a folder input or output that its kind checks, sorted, bounded.
+fn folder_files(dir: &Path, spec: &DataSpec) -> Result<Vec<PathBuf>> {
+    let extensions: &[&str] = match spec.kind {
+        DataKind::Features => &["npy", "parquet"],
+        DataKind::Videos => &["mp4", "mov", "m4v", "mkv", "webm", "avi"],
+        DataKind::Table => &[],
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| GuardrailError::io(dir, e))? {
+        let entry = entry.map_err(|e| GuardrailError::io(dir, e))?;
+        let path = entry.path();
+        let wanted = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)));
+        if wanted && entry.file_type().is_ok_and(|t| t.is_file()) {
+            if files.len() >= MAX_FOLDER_FILES {
+                return Err(GuardrailError::DataIntegrity {
+                    path: spec.path.clone(),
+                    check: "folder_size".into(),
+                    expected: format!("at most {MAX_FOLDER_FILES} files"),
+                    found: "more".into(),
+                });
+            }
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The column figures the gates of `stage` ask of the data named `name`.
+pub(crate) fn wanted_columns(stage: &StageSpec, name: &str) -> BTreeSet<(String, String)> {
+    let prefix = format!("{name}.");
+    stage
+        .gates
+        .values()
+        .flat_map(|g| std::iter::once(&g.figure).chain(g.relative_to.as_ref()))
+        .filter_map(|f| f.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split_once('.'))
+        .filter(|(measure, _)| {
+            matches!(
+                *measure,
+                "null_fraction" | "duplicate_fraction" | "min" | "max"
+            )
+        })
+        .map(|(m, c)| (m.to_string(), c.to_string()))
+        .collect()
+}
+
+impl PipelineGuardrails {
+    /// Checks whether `stage` can start: resource health of its check paths and of its
+    /// outputs' filesystems (free space for `expected_output_bytes` beyond
+    /// `min_free_disk_bytes`), each upstream stage committed in this run with its declared
+    /// outputs re-validated, and every input validated. Every check runs.
+    ///
+    /// CPU over its limit is a warning here, not an error: it is a moment's figure, and a
+    /// busy machine runs the stage slower rather than not at all.
+    pub fn preflight(&self, stage: &str) -> Result<PreflightReport> {
+        let spec = self.plan.stage(stage)?;
+        let mut report = PreflightReport::new(stage);
+        self.preflight_resources(spec, &mut report);
+        self.preflight_prerequisites(spec, &mut report);
+        for (name, input) in &spec.inputs {
+            let data = check_data(
+                &self.checker,
+                name,
+                input,
+                &input.path,
+                &wanted_columns(spec, name),
+            );
+            if let Some(e) = data.first_error() {
+                report.error("input", name, e.to_string(), e.class());
+            }
+            report.info.insert(
+                format!("input.{name}.files_checked"),
+                Value::from(data.reports.len()),
+            );
+            report.figures.extend(data.figures);
+        }
+        for (k, v) in &report.figures.values {
+            report.info.insert(k.clone(), Value::from(*v));
+        }
+        if report.ok {
+            tracing::info!(run_id = %self.run, stage, warnings = report.warnings.len(), "preflight passed");
+        } else {
+            tracing::warn!(run_id = %self.run, stage, errors = report.errors.len(), "preflight failed");
+        }
+        Ok(report)
+    }
+
+    /// [`preflight`](Self::preflight) for every stage, upstream first.
+    pub fn preflight_all(&self) -> Result<Vec<PreflightReport>> {
+        self.plan.order.iter().map(|s| self.preflight(s)).collect()
+    }
+
+    fn preflight_resources(&self, spec: &StageSpec, report: &mut PreflightReport) {
+        let mut paths: Vec<PathBuf> = spec.resources.check_paths.clone();
+        // The outputs' filesystem: the nearest existing folder above each output.
+        let mut output_dirs: Vec<PathBuf> = Vec::new();
+        for output in spec.outputs.values() {
+            let mut dir = output.path.parent().map(Path::to_path_buf);
+            while let Some(d) = &dir {
+                if d.exists() {
+                    break;
+                }
+                dir = d.parent().map(Path::to_path_buf);
+            }
+            if let Some(d) = dir
+                && !output_dirs.contains(&d)
+            {
+                output_dirs.push(d);
+            }
+        }
+        for p in &spec.resources.check_paths {
+            if !p.exists() {
+                report.error(
+                    "resources",
+                    &p.display().to_string(),
+                    "the check path does not exist".into(),
+                    ErrorClass::Fatal,
+                );
+            }
+        }
+        paths.retain(|p| p.exists());
+        paths.extend(output_dirs.iter().cloned());
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let snapshot = self.monitor.snapshot_with(&refs);
+        for v in snapshot.check(&self.plan.resources) {
+            let message = v.to_error().to_string();
+            match v.severity {
+                Severity::Warning => report.warning("resources", &v.resource, message),
+                _ if v.resource == "cpu" => report.warning("resources", &v.resource, message),
+                _ => report.error("resources", &v.resource, message, ErrorClass::Recoverable),
+            }
+        }
+        if let Some(expected) = spec.resources.expected_output_bytes {
+            let need = expected.saturating_add(self.plan.resources.min_free_disk_bytes);
+            for disk in &snapshot.disks {
+                if !output_dirs.iter().any(|d| d == disk.path()) {
+                    continue;
+                }
+                match disk.free() {
+                    Some(free) if free < need => report.error(
+                        "output_space",
+                        &disk.path().display().to_string(),
+                        format!(
+                            "{free} bytes free, the outputs need {expected} bytes beyond the {} bytes kept free",
+                            self.plan.resources.min_free_disk_bytes
+                        ),
+                        ErrorClass::Recoverable,
+                    ),
+                    Some(free) => {
+                        report.info.insert(
+                            format!("free_bytes {}", disk.path().display()),
+                            Value::from(free),
+                        );
+                    }
+                    None => report.error(
+                        "output_space",
+                        &disk.path().display().to_string(),
+                        "the filesystem did not answer".into(),
+                        ErrorClass::Retryable,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn preflight_prerequisites(&self, spec: &StageSpec, report: &mut PreflightReport) {
+        if spec.depends_on.is_empty() {
+            return;
+        }
+        let committed = match self.committed_stages() {
+            Ok(c) => c,
+            Err(e) => {
+                report.error("prerequisite", "registry", e.to_string(), e.class());
+                return;
+            }
+        };
+        for dep in &spec.depends_on {
+            if !committed.contains(dep) {
+                report.error(
+                    "prerequisite",
+                    dep,
+                    format!("stage {dep} has not been committed in run {}", self.run),
+                    ErrorClass::Fatal,
+                );
+            }
+            let Ok(upstream) = self.plan.stage(dep) else {
+                continue;
+            };
+            // Re-validated, not trusted: a file replaced since its commit fails here.
+            for (name, output) in &upstream.outputs {
+                let data = check_data(&self.checker, name, output, &output.path, &BTreeSet::new());
+                if let Some(e) = data.first_error() {
+                    report.error(
+                        "prerequisite",
+                        dep,
+                        format!("output {name} of stage {dep}: {e}"),
+                        e.class(),
+                    );
+                }
+            }
+        }
+        report
+            .info
+            .insert("upstream".into(), Value::from(spec.depends_on.clone()));
+    }
+}

@@ -1,0 +1,725 @@
+//! `PipelineGuardrails`: the TOML and builder forms, config errors with their dotted keys,
+//! preflight listing every problem, gates (mandatory, advisory, ratios, 0 items), quarantine,
+//! retry, fallback, panics, deadlines on a manual clock, blocked downstream stages and resume.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use guardrails::durable::{AttemptStatus, RunStatus};
+use guardrails::pipeline::{
+    DataSpec, GateLevel, GateSpec, OnValidation, PipelineGuardrails, PipelinePlan, StageBody,
+    StageSpec, StageStatus,
+};
+use guardrails::resilience::RetryConfig;
+use guardrails::resource::ResourceLimits;
+use guardrails::{ErrorClass, ErrorKind, GuardrailError, ManualClock};
+
+/// Limits a CI machine meets: what these tests judge is the pipeline, not the machine.
+fn lenient() -> ResourceLimits {
+    ResourceLimits::new()
+        .with_min_free_disk_bytes(1 << 20)
+        .with_max_disk_bytes(u64::MAX / 2)
+        .with_max_memory_bytes(u64::MAX / 2)
+}
+
+fn csv(rows: usize) -> String {
+    let mut text = String::from("id,score\n");
+    for i in 0..rows {
+        text.push_str(&format!("{i},{}\n", i as f64 / 10.0));
+    }
+    text
+}
+
+fn write_csv(
+    ctx: &mut guardrails::pipeline::StageContext<'_, '_>,
+    output: &str,
+    text: &str,
+) -> guardrails::Result<()> {
+    std::fs::write(ctx.output(output)?, text)?;
+    Ok(())
+}
+
+const TOML: &str = r#"
+[pipeline]
+name = "videos"
+registry = "state/registry.db"
+
+[resources]
+min_free_disk_bytes = 1048576
+max_disk_bytes = 4611686018427387903
+max_memory_bytes = 4611686018427387903
+
+[retry]
+max_retries = 2
+initial_delay = "10ms"
+
+[stages.extract]
+outputs.rows = { path = "out/rows.csv", required_columns = ["id", "score"], unique = ["id"] }
+gates.enough = { figure = "rows.rows", min = 3 }
+
+[stages.score]
+depends_on = ["extract"]
+inputs.rows = { path = "out/rows.csv", required_columns = ["id"] }
+outputs.scored = { path = "out/scored.csv" }
+gates.kept = { figure = "scored.rows", relative_to = "rows.rows", min = 0.5, level = "advisory" }
+retry = true
+on_validation = "skip"
+"#;
+
+fn builder_plan(root: &Path) -> PipelinePlan {
+    PipelineGuardrails::builder("videos")
+        .root(root)
+        .registry("state/registry.db")
+        .resources(lenient())
+        .retry(
+            RetryConfig::new()
+                .with_max_retries(2)
+                .with_initial_delay(Duration::from_millis(10)),
+        )
+        .stage(
+            "extract",
+            StageSpec::new()
+                .with_output(
+                    "rows",
+                    DataSpec::table("out/rows.csv")
+                        .with_required_columns(["id", "score"])
+                        .with_unique(["id"]),
+                )
+                .with_gate("enough", GateSpec::new("rows.rows").with_min(3.0)),
+        )
+        .stage(
+            "score",
+            StageSpec::new()
+                .depends_on("extract")
+                .with_input(
+                    "rows",
+                    DataSpec::table("out/rows.csv").with_required_columns(["id"]),
+                )
+                .with_output("scored", DataSpec::table("out/scored.csv"))
+                .with_gate(
+                    "kept",
+                    GateSpec::new("scored.rows")
+                        .relative_to("rows.rows")
+                        .with_min(0.5)
+                        .advisory(),
+                )
+                .with_retry(true)
+                .with_on_validation(OnValidation::Skip),
+        )
+        .plan()
+        .unwrap()
+}
+
+#[test]
+fn the_toml_and_the_builder_give_the_same_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, TOML).unwrap();
+    let from_toml = PipelinePlan::from_path(&path).unwrap();
+    let mut built = builder_plan(dir.path());
+    // The TOML keeps the resource limits it names; the builder's are the same three.
+    built.resources = from_toml.resources.clone();
+    assert_eq!(from_toml, built);
+    assert_eq!(from_toml.order, ["extract", "score"]);
+    assert_eq!(from_toml.registry, dir.path().join("state/registry.db"));
+    assert_eq!(
+        from_toml.stages["score"].inputs["rows"].path,
+        dir.path().join("out/rows.csv")
+    );
+}
+
+#[test]
+fn config_mistakes_are_refused_with_their_dotted_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[stages.a]\noutputs.t = { path = \"t.csv\", requird_columns = [\"id\"] }",
+            "stages.a.outputs.t.requird_columns",
+            "unknown key",
+        ),
+        (
+            "[stages.a]\noutputs.t = { path = \"t.csv\", dtypes = [\"float32\"] }",
+            "stages.a.outputs.t.dtypes",
+            "not a key of a table",
+        ),
+        (
+            "[stages.a]\ndepends_on = []",
+            "stages.a.outputs",
+            "at least one output",
+        ),
+        (
+            "[stages.a]\ndepends_on = [\"ghost\"]\noutputs.t = { path = \"t.csv\" }",
+            "stages.a.depends_on",
+            "unknown stage ghost",
+        ),
+        (
+            "[stages.a]\ndepends_on = [\"b\"]\noutputs.t = { path = \"a.csv\" }\n[stages.b]\ndepends_on = [\"a\"]\noutputs.t = { path = \"b.csv\" }",
+            "stages.a.depends_on",
+            "dependency cycle: a -> b -> a",
+        ),
+        (
+            "[stages.a]\noutputs.t = { path = \"t.csv\" }\ngates.g = { figure = \"t.accuracy\", min = 1 }",
+            "stages.a.gates.g.figure",
+            "no check produces it",
+        ),
+        (
+            "[stages.a]\noutputs.t = { path = \"t.csv\" }\ngates.g = { figure = \"other.rows\", min = 1 }",
+            "stages.a.gates.g.figure",
+            "other is not an input or output",
+        ),
+        (
+            "[stages.a]\noutputs.v = { path = \"clips\", kind = \"videos\" }\ngates.g = { figure = \"v.null_fraction.id\", max = 0 }",
+            "stages.a.gates.g.figure",
+            "v is not a table",
+        ),
+        (
+            "[stages.a]\noutputs.t = { path = \"t.csv\" }\ngates.g = { figure = \"t.rows\" }",
+            "stages.a.gates.g.min",
+            "needs min, max or both",
+        ),
+        (
+            "[stages.a]\noutputs.v = { path = \"clips\", kind = \"videos\", sample = 0 }",
+            "stages.a.outputs.v.sample",
+            "(0, 1]",
+        ),
+        (
+            "[stages.a]\noutputs.t = { path = \"t.csv\" }\non_validation = \"ignore\"",
+            "stages.a.on_validation",
+            "unknown variant",
+        ),
+    ];
+    for (text, field, reason) in cases {
+        let problems = text
+            .parse::<guardrails::GuardrailsConfig>()
+            .map(|_| ())
+            .unwrap_err();
+        match &problems {
+            GuardrailError::Config {
+                field: f,
+                reason: r,
+            } => {
+                assert_eq!(f, field, "{text}: {problems}");
+                assert!(r.contains(reason), "{text}: {problems}");
+            }
+            other => panic!("{text}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn a_stage_commits_its_outputs_figures_and_gate_results_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    let outcome = pipeline
+        .run_stage("extract", |ctx| {
+            ctx.record("accuracy", 0.93);
+            write_csv(ctx, "rows", &csv(5))
+        })
+        .unwrap();
+    assert_eq!(outcome.figures.get("rows.rows"), Some(5.0));
+    assert_eq!(outcome.figures.get("metrics.accuracy"), Some(0.93));
+    assert!(
+        outcome.gates.iter().all(|g| g.passed),
+        "{:?}",
+        outcome.gates
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/rows.csv")).unwrap(),
+        csv(5)
+    );
+    let attempts = pipeline.registry().attempts(pipeline.run_id()).unwrap();
+    assert_eq!(attempts[0].status, AttemptStatus::Committed);
+    assert_eq!(attempts[0].metrics["gates"][0]["gate"], "enough");
+    assert_eq!(attempts[0].metrics["gates"][0]["value"], 5.0);
+}
+
+#[test]
+fn a_failed_mandatory_gate_commits_nothing_and_names_the_stage_gate_and_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out/rows.csv");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(&target, "id,score\nold,1\nold2,2\nold3,3\n").unwrap();
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    let err = pipeline
+        .run_stage("extract", |ctx| write_csv(ctx, "rows", &csv(2)))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Stage);
+    assert_eq!(err.class(), ErrorClass::Validation);
+    assert_eq!(
+        err.to_string(),
+        "stage extract: gate enough: rows.rows = 2, expected at least 3"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "id,score\nold,1\nold2,2\nold3,3\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let attempts = pipeline.registry().attempts(pipeline.run_id()).unwrap();
+    assert_eq!(attempts[0].status, AttemptStatus::Failed);
+    assert_eq!(attempts[0].metrics["gates"][0]["passed"], false);
+}
+
+#[test]
+fn an_output_that_fails_its_check_or_was_not_written_is_not_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    let err = pipeline
+        .run_stage("extract", |ctx| write_csv(ctx, "rows", "id\n1\n2\n3\n"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataIntegrity, "{err}");
+    assert!(err.to_string().contains("rows.csv"), "{err}");
+    assert!(err.to_string().contains("score"), "{err}");
+    let err = pipeline.run_stage("extract", |_| Ok(())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "stage extract: output rows: the body did not write it (call ctx.output(\"rows\") for {})",
+            dir.path().join("out/rows.csv").display()
+        )
+    );
+    assert!(!dir.path().join("out/rows.csv").exists());
+}
+
+#[test]
+fn preflight_lists_every_problem_not_just_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = PipelineGuardrails::builder("p")
+        .root(dir.path())
+        .resources(lenient())
+        .stage(
+            "a",
+            StageSpec::new().with_output("t", DataSpec::table("a.csv")),
+        )
+        .stage(
+            "b",
+            StageSpec::new()
+                .depends_on("a")
+                .with_input("raw", DataSpec::table("missing.csv"))
+                .with_check_path("no/such/dir")
+                .with_output("t", DataSpec::table("b.csv")),
+        )
+        .plan()
+        .unwrap();
+    let pipeline = PipelineGuardrails::open(plan).unwrap();
+    let report = pipeline.preflight("b").unwrap();
+    assert!(!report.ok);
+    let checks: Vec<(&str, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.check.as_str(), e.subject.as_str()))
+        .collect();
+    let no_dir = dir.path().join("no/such/dir").display().to_string();
+    assert!(
+        checks.contains(&("resources", no_dir.as_str())),
+        "{checks:?}"
+    );
+    assert!(checks.contains(&("prerequisite", "a")), "{checks:?}");
+    assert!(checks.contains(&("input", "raw")), "{checks:?}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["stage"], "b");
+    let all = pipeline.preflight_all().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].ok, "{:?}", all[0]);
+}
+
+#[test]
+fn a_prerequisite_is_revalidated_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    pipeline
+        .run_stage("extract", |ctx| write_csv(ctx, "rows", &csv(5)))
+        .unwrap();
+    assert!(pipeline.preflight("score").unwrap().ok);
+    // Someone replaces the committed table with one that breaks its declared check.
+    std::fs::write(dir.path().join("out/rows.csv"), "id,score\n1,1\n1,2\n").unwrap();
+    let report = pipeline.preflight("score").unwrap();
+    assert!(!report.ok);
+    let problem = report
+        .errors
+        .iter()
+        .find(|e| e.check == "prerequisite")
+        .unwrap();
+    assert!(
+        problem.message.contains("output rows of stage extract"),
+        "{problem:?}"
+    );
+    assert!(problem.message.contains("unique"), "{problem:?}");
+    let err = pipeline
+        .run_stage("score", |ctx| write_csv(ctx, "scored", "id\n1\n"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Stage);
+    assert!(
+        err.to_string().starts_with("stage score: preflight: "),
+        "{err}"
+    );
+}
+
+fn skip_plan(root: &Path, on_validation: OnValidation) -> PipelinePlan {
+    PipelineGuardrails::builder("p")
+        .root(root)
+        .resources(lenient())
+        .stage(
+            "clean",
+            StageSpec::new()
+                .with_output("t", DataSpec::table("clean.csv"))
+                .with_on_validation(on_validation)
+                .with_gate("few_bad", GateSpec::new("skipped_fraction").with_max(0.25)),
+        )
+        .plan()
+        .unwrap()
+}
+
+fn clean_body(
+    bad: &'static [u32],
+) -> impl FnMut(&mut guardrails::pipeline::StageContext<'_, '_>) -> guardrails::Result<()> {
+    move |ctx| {
+        let mut kept = String::from("id\n");
+        for i in 0..10u32 {
+            let row = ctx.item(format!("clip-{i}"), || {
+                if bad.contains(&i) {
+                    Err(GuardrailError::DataIntegrity {
+                        path: format!("clip-{i}.mp4").into(),
+                        check: "moov".into(),
+                        expected: "a complete file".into(),
+                        found: "cut at 1 KiB".into(),
+                    })
+                } else {
+                    Ok(format!("{i}\n"))
+                }
+            })?;
+            kept.push_str(&row.unwrap_or_default());
+        }
+        std::fs::write(ctx.output("t")?, kept)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn bad_items_are_quarantined_when_skipping_and_fail_the_stage_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(skip_plan(dir.path(), OnValidation::Skip)).unwrap();
+    let outcome = pipeline.run_stage("clean", clean_body(&[3, 7])).unwrap();
+    assert_eq!(outcome.skipped, 2);
+    assert_eq!(outcome.figures.get("skipped_fraction"), Some(0.2));
+    let items: Vec<&str> = outcome.quarantine.iter().map(|q| q.item.as_str()).collect();
+    assert_eq!(items, ["clip-3", "clip-7"]);
+    assert!(outcome.quarantine[0].error.contains("clip-3.mp4"));
+    assert_eq!(outcome.figures.get("t.rows"), Some(8.0));
+    let attempts = pipeline.registry().attempts(pipeline.run_id()).unwrap();
+    assert_eq!(attempts[0].metrics["quarantine"][1]["item"], "clip-7");
+
+    // Too many bad items: the share gate stops the stage.
+    let err = pipeline
+        .run_stage("clean", clean_body(&[1, 2, 3]))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage clean: gate few_bad: skipped_fraction = 0.3, expected at most 0.25"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(skip_plan(dir.path(), OnValidation::Fail)).unwrap();
+    let err = pipeline.run_stage("clean", clean_body(&[3])).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataIntegrity);
+    assert!(err.to_string().contains("clip-3.mp4"), "{err}");
+    assert_eq!(
+        err.context().and_then(|c| c.stage.as_deref()),
+        Some("clean")
+    );
+    assert!(!dir.path().join("clean.csv").exists());
+}
+
+#[test]
+fn column_figures_feed_gates_and_a_figure_over_no_rows_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = PipelineGuardrails::builder("p")
+        .root(dir.path())
+        .resources(lenient())
+        .stage(
+            "t",
+            StageSpec::new()
+                .with_output("t", DataSpec::table("t.csv").with_allow_empty(true))
+                .with_gate(
+                    "nulls",
+                    GateSpec::new("t.null_fraction.label").with_max(0.5),
+                )
+                .with_gate(
+                    "dups",
+                    GateSpec::new("t.duplicate_fraction.id").with_max(0.5),
+                )
+                .with_gate("lo", GateSpec::new("t.min.score").with_min(0.0))
+                .with_gate("hi", GateSpec::new("t.max.score").with_max(10.0)),
+        )
+        .plan()
+        .unwrap();
+    let mut pipeline = PipelineGuardrails::open(plan).unwrap();
+    let outcome = pipeline
+        .run_stage("t", |ctx| {
+            write_csv(ctx, "t", "id,label,score\n1,a,0.5\n2,,9\n2,c,3\n3,d,-0\n")
+        })
+        .unwrap();
+    assert_eq!(outcome.figures.get("t.null_fraction.label"), Some(0.25));
+    assert_eq!(outcome.figures.get("t.duplicate_fraction.id"), Some(0.25));
+    assert_eq!(outcome.figures.get("t.min.score"), Some(0.0));
+    assert_eq!(outcome.figures.get("t.max.score"), Some(9.0));
+
+    let err = pipeline
+        .run_stage("t", |ctx| write_csv(ctx, "t", "id,label,score\n"))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("t.duplicate_fraction.id must be at most 0.5, but t.duplicate_fraction.id was computed over 0 items"),
+        "{err}"
+    );
+}
+
+#[test]
+fn retryable_errors_are_retried_and_a_recoverable_one_takes_the_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = builder_plan(dir.path());
+    let mut pipeline = PipelineGuardrails::open(plan).unwrap();
+    pipeline
+        .run_stage("extract", |ctx| write_csv(ctx, "rows", &csv(4)))
+        .unwrap();
+    let mut calls = 0;
+    let outcome = pipeline
+        .run_stage("score", |ctx| {
+            calls += 1;
+            // The first attempt writes half a file and fails: the retry starts from empty.
+            std::fs::write(ctx.output("scored")?, "id\n1\n")?;
+            if calls == 1 {
+                return Err(GuardrailError::RateLimited {
+                    name: "scorer".into(),
+                    retry_after: Duration::from_millis(1),
+                });
+            }
+            std::fs::write(ctx.output("scored")?, "id\n1\n2\n3\n")?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(outcome.body_attempts, 2);
+    assert_eq!(outcome.figures.get("scored.rows"), Some(3.0));
+
+    // A recoverable error goes to the registered fallback.
+    let plan = PipelineGuardrails::builder("p")
+        .root(dir.path())
+        .resources(lenient())
+        .stage(
+            "calibrate",
+            StageSpec::new()
+                .with_output("t", DataSpec::table("cal.csv"))
+                .with_fallback("identity"),
+        )
+        .plan()
+        .unwrap();
+    let mut pipeline = PipelineGuardrails::open(plan)
+        .unwrap()
+        .with_fallback("identity", |ctx| {
+            std::fs::write(ctx.output("t")?, "scale\n1.0\n")?;
+            Ok(())
+        });
+    let outcome = pipeline
+        .run_stage("calibrate", |ctx| {
+            std::fs::write(ctx.output("t")?, "scale\n0.")?;
+            Err(GuardrailError::external_with_class(
+                std::io::Error::other("the calibrator diverged"),
+                ErrorClass::Recoverable,
+            ))
+        })
+        .unwrap();
+    assert!(outcome.fallback_used);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cal.csv")).unwrap(),
+        "scale\n1.0\n"
+    );
+}
+
+#[test]
+fn a_panicking_or_fatal_body_fails_the_stage_and_keeps_what_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    pipeline
+        .run_stage("extract", |ctx| write_csv(ctx, "rows", &csv(4)))
+        .unwrap();
+    let err = pipeline
+        .run_stage("extract", |ctx| {
+            write_csv(ctx, "rows", &csv(9))?;
+            panic!("index out of bounds in the user's code");
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage extract: body: the stage body panicked: index out of bounds in the user's code"
+    );
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/rows.csv")).unwrap(),
+        csv(4)
+    );
+    #[derive(Debug, thiserror::Error)]
+    #[error("the warehouse refused the load")]
+    struct Refused;
+    let err = pipeline
+        .run_stage("extract", |ctx| {
+            write_csv(ctx, "rows", &csv(9))?;
+            Err(GuardrailError::external(Refused))
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::External);
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert_eq!(
+        err.to_string(),
+        "stage extract: the warehouse refused the load"
+    );
+    let attempts = pipeline.registry().attempts(pipeline.run_id()).unwrap();
+    let statuses: Vec<AttemptStatus> = attempts.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            AttemptStatus::Committed,
+            AttemptStatus::Failed,
+            AttemptStatus::Failed
+        ]
+    );
+    assert!(
+        attempts[1]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("panicked")
+    );
+}
+
+#[test]
+fn a_body_past_its_deadline_times_out_on_the_manual_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = PipelineGuardrails::builder("p")
+        .root(dir.path())
+        .resources(lenient())
+        .stage(
+            "slow",
+            StageSpec::new()
+                .with_output("t", DataSpec::table("t.csv"))
+                .with_timeout(Duration::from_secs(60)),
+        )
+        .plan()
+        .unwrap();
+    let clock = ManualClock::new();
+    let mut pipeline =
+        PipelineGuardrails::open_with_clock(plan, None, Arc::new(clock.clone())).unwrap();
+    let mut handled = 0;
+    let err = pipeline
+        .run_stage("slow", |ctx| {
+            for _ in 0..100 {
+                ctx.check_deadline()?;
+                handled += 1;
+                clock.advance(Duration::from_secs(7));
+            }
+            write_csv(ctx, "t", "id\n1\n")
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(handled, 9, "stops at the first check past 60 s");
+    assert!(!dir.path().join("t.csv").exists());
+}
+
+#[test]
+fn a_failed_stage_blocks_only_its_downstream_and_resume_skips_what_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = |p: &str| DataSpec::table(p);
+    let plan = PipelineGuardrails::builder("p")
+        .root(dir.path())
+        .resources(lenient())
+        .stage("a", StageSpec::new().with_output("t", table("a.csv")))
+        .stage(
+            "b",
+            StageSpec::new()
+                .depends_on("a")
+                .with_output("t", table("b.csv"))
+                .with_gate("rows", GateSpec::new("t.rows").with_min(2.0)),
+        )
+        .stage(
+            "c",
+            StageSpec::new()
+                .depends_on("b")
+                .with_output("t", table("c.csv")),
+        )
+        .stage("d", StageSpec::new().with_output("t", table("d.csv")))
+        .plan()
+        .unwrap();
+    let bodies = |b_rows: &'static str| -> BTreeMap<String, StageBody<'static>> {
+        let mut m: BTreeMap<String, StageBody<'static>> = BTreeMap::new();
+        for s in ["a", "c", "d"] {
+            m.insert(s.into(), Box::new(|ctx| write_csv(ctx, "t", "id\n1\n2\n")));
+        }
+        m.insert("b".into(), Box::new(move |ctx| write_csv(ctx, "t", b_rows)));
+        m
+    };
+    let mut pipeline = PipelineGuardrails::open(plan.clone()).unwrap();
+    let outcome = pipeline.run(bodies("id\n1\n")).unwrap();
+    assert!(!outcome.is_success());
+    let status = |s: &str| match outcome.get(s).unwrap() {
+        StageStatus::Committed(_) => "committed".to_string(),
+        StageStatus::Skipped { .. } => "skipped".to_string(),
+        StageStatus::Failed { error, .. } => format!("failed: {error}"),
+        StageStatus::Blocked { by } => format!("blocked by {by}"),
+        _ => "other".to_string(),
+    };
+    assert_eq!(status("a"), "committed");
+    assert_eq!(
+        status("b"),
+        "failed: stage b: gate rows: t.rows = 1, expected at least 2"
+    );
+    assert_eq!(status("c"), "blocked by b");
+    assert_eq!(status("d"), "committed");
+    let run = pipeline.run_id().clone();
+    assert_eq!(
+        pipeline.registry().run(&run).unwrap().unwrap().status,
+        RunStatus::Failed
+    );
+    drop(pipeline);
+
+    // Fixed upstream data: the resumed run skips a and d and runs b and c.
+    let mut pipeline = PipelineGuardrails::resume(plan, &run).unwrap();
+    let outcome = pipeline.run(bodies("id\n1\n2\n3\n")).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    match outcome.get("a").unwrap() {
+        StageStatus::Skipped { reason } => assert!(!reason.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(outcome.get("b"), Some(StageStatus::Committed(_))));
+    assert!(matches!(outcome.get("c"), Some(StageStatus::Committed(_))));
+    assert!(matches!(
+        outcome.get("d"),
+        Some(StageStatus::Skipped { .. })
+    ));
+}
+
+#[test]
+fn gates_written_in_code_judge_the_figures_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path()))
+        .unwrap()
+        .with_gate_fn("extract", "accuracy", GateLevel::Mandatory, |f| {
+            match f.get("metrics.accuracy") {
+                Some(a) if a >= 0.9 => Ok(()),
+                other => Err(format!("accuracy {other:?} below 0.9")),
+            }
+        });
+    let err = pipeline
+        .run_stage("extract", |ctx| {
+            ctx.record("accuracy", 0.5);
+            write_csv(ctx, "rows", &csv(5))
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage extract: gate accuracy: accuracy Some(0.5) below 0.9"
+    );
+}
