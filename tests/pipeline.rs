@@ -16,6 +16,11 @@ use guardrails::resilience::RetryConfig;
 use guardrails::resource::ResourceLimits;
 use guardrails::{ErrorClass, ErrorKind, GuardrailError, ManualClock};
 
+/// The example itself, run end to end below (its `main` and printing go unused here).
+#[allow(dead_code)]
+#[path = "../examples/pipeline.rs"]
+mod example;
+
 /// Limits a CI machine meets: what these tests judge is the pipeline, not the machine.
 fn lenient() -> ResourceLimits {
     ResourceLimits::new()
@@ -722,4 +727,70 @@ fn gates_written_in_code_judge_the_figures_too() {
         err.to_string(),
         "stage extract: gate accuracy: accuracy Some(0.5) below 0.9"
     );
+}
+
+fn committed(outcome: &guardrails::pipeline::PipelineOutcome) -> Vec<&str> {
+    outcome
+        .stages
+        .iter()
+        .filter(|(_, s)| matches!(s, StageStatus::Committed(_)))
+        .map(|(n, _)| n.as_str())
+        .collect()
+}
+
+#[test]
+fn the_example_runs_clean_skips_a_damaged_clip_and_stops_on_too_few_rows() {
+    let all = [
+        "augment",
+        "features",
+        "scale_videos",
+        "scaled_features",
+        "training_prereqs",
+    ];
+
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = example::run(dir.path(), example::Scenario::Clean).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(committed(&outcome), all);
+    let prereqs = std::fs::read_to_string(dir.path().join("work/prereqs.csv")).unwrap();
+    assert_eq!(
+        prereqs,
+        "model,ready,rows\nlinear,true,3200\ngbdt,true,3200\nmlp,true,3200\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = example::run(dir.path(), example::Scenario::CorruptClip).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    let Some(StageStatus::Committed(augment)) = outcome.get("augment") else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(augment.skipped, 1);
+    assert_eq!(augment.quarantine[0].item, "damaged.mp4");
+    assert!(
+        augment.quarantine[0].error.contains("truncated"),
+        "{:?}",
+        augment.quarantine
+    );
+    assert!(!dir.path().join("work/clips/damaged.mp4").exists());
+    assert_eq!(augment.figures.get("clips.files"), Some(4.0));
+
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = example::run(dir.path(), example::Scenario::TooFewRows).unwrap();
+    assert!(!outcome.is_success());
+    assert_eq!(committed(&outcome), ["augment", "features"]);
+    match outcome.get("scale_videos") {
+        Some(StageStatus::Failed { error, class }) => {
+            assert_eq!(
+                error,
+                "stage scale_videos: gate enough_rows: metadata.rows = 2000, expected at least 3001"
+            );
+            assert_eq!(*class, ErrorClass::Validation);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        outcome.get("training_prereqs"),
+        Some(StageStatus::Blocked { by }) if by == "scaled_features"
+    ));
+    assert!(!dir.path().join("work/metadata.parquet").exists());
 }

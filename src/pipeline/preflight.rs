@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::gates::{Figures, table_column_figures};
 use super::runner::PipelineGuardrails;
-use super::spec::{DataKind, DataSpec, StageSpec};
+use super::spec::{DataKind, DataSpec, OnValidation, StageSpec};
 use crate::error::{ErrorClass, GuardrailError, Result};
 use crate::integrity::{DataIntegrityChecker, FindingSeverity, Report};
 use crate::resource::Severity;
@@ -116,18 +116,20 @@ impl DataCheck {
     pub(crate) fn first_error(&self) -> Option<GuardrailError> {
         self.reports
             .iter()
-            .find(|r| {
-                r.findings.iter().any(|f| {
-                    matches!(
-                        f.severity,
-                        FindingSeverity::Error | FindingSeverity::Unsupported
-                    )
-                })
-            })
+            .find(|r| fails(r))
             .and_then(|r| r.clone().into_result().err())
     }
 }
 
+/// Whether a report stops the data: an error, or a feature the checker cannot verify.
+fn fails(report: &Report) -> bool {
+    report.findings.iter().any(|f| {
+        matches!(
+            f.severity,
+            FindingSeverity::Error | FindingSeverity::Unsupported
+        )
+    })
+}
 /// Whether the data at a path is a folder of files rather than one file: videos always
 /// are unless the path names a file, features when the path has no extension.
 pub(crate) fn is_folder(spec: &DataSpec) -> bool {
@@ -287,7 +289,29 @@ impl PipelineGuardrails {
                 &input.path,
                 &wanted_columns(spec, name),
             );
-            if let Some(e) = data.first_error() {
+            let failing: Vec<&Report> = data.reports.iter().filter(|r| fails(r)).collect();
+            // A folder feeding a stage that skips bad items: its bad files are the items the
+            // body will quarantine, so they warn; only a folder with nothing good fails.
+            let tolerated = spec.on_validation == OnValidation::Skip
+                && is_folder(input)
+                && failing.len() < data.reports.len();
+            if tolerated && !failing.is_empty() {
+                let names: Vec<String> = failing
+                    .iter()
+                    .take(5)
+                    .map(|r| r.path.display().to_string())
+                    .collect();
+                report.warning(
+                    "input",
+                    name,
+                    format!(
+                        "{} of {} files fail their check and will be skipped: {}",
+                        failing.len(),
+                        data.reports.len(),
+                        names.join(", ")
+                    ),
+                );
+            } else if let Some(e) = data.first_error() {
                 report.error("input", name, e.to_string(), e.class());
             }
             report.info.insert(
