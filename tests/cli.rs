@@ -635,3 +635,132 @@ fn runs_commands_read_the_registry_and_exit_by_consistency() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no registry file"));
 }
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "rows"
+registry = "state/registry.db"
+
+[resources]
+min_free_disk_bytes = 1048576
+max_disk_bytes = 4611686018427387903
+max_memory_bytes = 4611686018427387903
+
+[stages.extract]
+outputs.rows = { path = "out/rows.csv", required_columns = ["id", "score"] }
+gates.enough = { figure = "rows.rows", min = 3 }
+gates.plenty = { figure = "rows.rows", min = 100, level = "advisory" }
+
+[stages.score]
+depends_on = ["extract"]
+inputs.rows = { path = "out/rows.csv", required_columns = ["id"] }
+outputs.scored = { path = "out/scored.csv" }
+"#;
+
+/// Runs the `extract` stage of [`PIPELINE`] writing `rows` rows, as a pipeline would.
+fn run_extract(config: &Path, rows: usize) -> String {
+    let plan = guardrails::pipeline::PipelinePlan::from_path(config).unwrap();
+    let mut run = guardrails::pipeline::PipelineGuardrails::open(plan).unwrap();
+    let outcome = run.run_stage("extract", |ctx| {
+        let mut text = String::from("id,score\n");
+        for i in 0..rows {
+            text.push_str(&format!("{i},0.5\n"));
+        }
+        std::fs::write(ctx.output("rows")?, text)?;
+        Ok(())
+    });
+    // A failed gate is the stage's error; what the CLI reads is what was recorded.
+    assert_eq!(outcome.is_ok(), rows >= 3, "{outcome:?}");
+    run.run_id().to_string()
+}
+
+#[test]
+fn preflight_reports_every_stage_and_exits_by_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "pipeline.toml", PIPELINE);
+
+    // Nothing has run: extract is ready, score waits for extract and its input.
+    let out = guardrails(&["--format", "json", "preflight", &cfg]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["config"], cfg.as_str());
+    assert_eq!(v["stages"][0]["stage"], "extract");
+    assert_eq!(v["stages"][0]["ok"], true);
+    assert_eq!(v["stages"][1]["stage"], "score");
+    assert_eq!(v["stages"][1]["ok"], false);
+    let errors = v["stages"][1]["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["check"] == "prerequisite" && e["subject"] == "extract"),
+        "{errors:?}"
+    );
+
+    let out = guardrails(&["--format", "json", "preflight", &cfg, "--stage", "extract"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stages"].as_array().unwrap().len(), 1);
+
+    // Once extract committed in the newest run, score is ready too.
+    run_extract(Path::new(&cfg), 5);
+    let out = guardrails(&["preflight", &cfg]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("score") && text.contains("ready"), "{text}");
+}
+
+#[test]
+fn preflight_refuses_a_bad_config_or_stage_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "pipeline.toml", PIPELINE);
+    let out = guardrails(&["--format", "json", "preflight", &cfg, "--stage", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].to_string().contains("nope"), "{v}");
+
+    let typo = write(
+        dir.path(),
+        "typo.toml",
+        &PIPELINE.replace("depends_on", "depend_on"),
+    );
+    let out = guardrails(&["--format", "json", "preflight", &typo]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"].to_string().contains("stages.score.depend_on"),
+        "{v}"
+    );
+
+    let out = guardrails(&["preflight", "/definitely/not/here.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn gates_shows_the_latest_results_and_exits_1_on_a_failed_mandatory_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "pipeline.toml", PIPELINE);
+
+    let failed = run_extract(Path::new(&cfg), 2);
+    let out = guardrails(&["--format", "json", "gates", &cfg, "--run", &failed]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run"], failed.as_str());
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["stages"][0]["stage"], "extract");
+    let gates = v["stages"][0]["gates"].as_array().unwrap();
+    let enough = gates.iter().find(|g| g["gate"] == "enough").unwrap();
+    assert_eq!(enough["passed"], false);
+    assert_eq!(enough["mandatory"], true);
+
+    // Only the advisory gate fails: exit 0, and the failure is still shown.
+    let passed = run_extract(Path::new(&cfg), 5);
+    let out = guardrails(&["gates", &cfg, "--run", &passed]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("failed (advisory)"), "{text}");
+    assert!(text.contains("enough") && text.contains("passed"), "{text}");
+
+    let out = guardrails(&["gates", &cfg, "--run", "no-such-run"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::PipelinePlan;
 use super::gates::{Figures, table_column_figures};
 use super::runner::PipelineGuardrails;
 use super::spec::{DataKind, DataSpec, OnValidation, StageSpec};
+use crate::durable::{AttemptStatus, RunId, RunRegistry};
 use crate::error::{ErrorClass, GuardrailError, Result};
 use crate::integrity::{DataIntegrityChecker, FindingSeverity, Report};
+use crate::resource::ResourceMonitor;
 use crate::resource::Severity;
 
 /// Most files one folder input or output may hold; a folder past this is refused rather
@@ -268,6 +271,15 @@ pub(crate) fn wanted_columns(stage: &StageSpec, name: &str) -> BTreeSet<(String,
         .collect()
 }
 
+/// What preflight reads: the plan, the registry and run it judges prerequisites against
+/// (none: nothing is committed), the machine and the data.
+pub(crate) struct Preflighter<'a> {
+    pub(crate) plan: &'a PipelinePlan,
+    pub(crate) committed: Option<(&'a RunRegistry, &'a RunId)>,
+    pub(crate) monitor: &'a ResourceMonitor,
+    pub(crate) checker: &'a DataIntegrityChecker,
+}
+
 impl PipelineGuardrails {
     /// Checks whether `stage` can start: resource health of its check paths and of its
     /// outputs' filesystems (free space for `expected_output_bytes` beyond
@@ -277,13 +289,71 @@ impl PipelineGuardrails {
     /// CPU over its limit is a warning here, not an error: it is a moment's figure, and a
     /// busy machine runs the stage slower rather than not at all.
     pub fn preflight(&self, stage: &str) -> Result<PreflightReport> {
+        self.preflighter().stage(stage)
+    }
+
+    /// [`preflight`](Self::preflight) for every stage, upstream first.
+    pub fn preflight_all(&self) -> Result<Vec<PreflightReport>> {
+        let p = self.preflighter();
+        self.plan.order.iter().map(|s| p.stage(s)).collect()
+    }
+
+    fn preflighter(&self) -> Preflighter<'_> {
+        Preflighter {
+            plan: &self.plan,
+            committed: Some((&self.registry, &self.run)),
+            monitor: &self.monitor,
+            checker: &self.checker,
+        }
+    }
+}
+
+impl PipelinePlan {
+    /// Preflight without starting a run, as `guardrails preflight` does: prerequisites are
+    /// judged against the newest run of this pipeline in its registry, opened read-only
+    /// (without a registry or a run, no upstream stage counts as committed). Reports for
+    /// `stages`, or for every stage upstream first when `stages` is empty.
+    pub fn preflight(&self, stages: &[&str]) -> Result<Vec<PreflightReport>> {
+        let monitor = ResourceMonitor::new(self.resources.clone())?;
+        let checker = DataIntegrityChecker::new();
+        let registry = if self.registry.exists() {
+            Some(RunRegistry::open_read_only(&self.registry)?)
+        } else {
+            None
+        };
+        let run = match &registry {
+            Some(r) => r
+                .runs()?
+                .into_iter()
+                .filter(|info| info.pipeline == self.name)
+                .max_by_key(|info| info.started_ms)
+                .map(|info| info.id),
+            None => None,
+        };
+        let p = Preflighter {
+            plan: self,
+            committed: registry.as_ref().zip(run.as_ref()),
+            monitor: &monitor,
+            checker: &checker,
+        };
+        let names: Vec<&str> = if stages.is_empty() {
+            self.order.iter().map(String::as_str).collect()
+        } else {
+            stages.to_vec()
+        };
+        names.into_iter().map(|s| p.stage(s)).collect()
+    }
+}
+
+impl Preflighter<'_> {
+    pub(crate) fn stage(&self, stage: &str) -> Result<PreflightReport> {
         let spec = self.plan.stage(stage)?;
         let mut report = PreflightReport::new(stage);
         self.preflight_resources(spec, &mut report);
         self.preflight_prerequisites(spec, &mut report);
         for (name, input) in &spec.inputs {
             let data = check_data(
-                &self.checker,
+                self.checker,
                 name,
                 input,
                 &input.path,
@@ -324,16 +394,11 @@ impl PipelineGuardrails {
             report.info.insert(k.clone(), Value::from(*v));
         }
         if report.ok {
-            tracing::info!(run_id = %self.run, stage, warnings = report.warnings.len(), "preflight passed");
+            tracing::info!(stage, warnings = report.warnings.len(), "preflight passed");
         } else {
-            tracing::warn!(run_id = %self.run, stage, errors = report.errors.len(), "preflight failed");
+            tracing::warn!(stage, errors = report.errors.len(), "preflight failed");
         }
         Ok(report)
-    }
-
-    /// [`preflight`](Self::preflight) for every stage, upstream first.
-    pub fn preflight_all(&self) -> Result<Vec<PreflightReport>> {
-        self.plan.order.iter().map(|s| self.preflight(s)).collect()
     }
 
     fn preflight_resources(&self, spec: &StageSpec, report: &mut PreflightReport) {
@@ -413,19 +478,25 @@ impl PipelineGuardrails {
         if spec.depends_on.is_empty() {
             return;
         }
-        let committed = match self.committed_stages() {
-            Ok(c) => c,
-            Err(e) => {
-                report.error("prerequisite", "registry", e.to_string(), e.class());
-                return;
-            }
+        let (committed, run) = match self.committed {
+            None => (
+                BTreeSet::new(),
+                "(none: the registry holds no run of this pipeline)".to_string(),
+            ),
+            Some((registry, run)) => match committed_stages(registry, run) {
+                Ok(c) => (c, run.to_string()),
+                Err(e) => {
+                    report.error("prerequisite", "registry", e.to_string(), e.class());
+                    return;
+                }
+            },
         };
         for dep in &spec.depends_on {
             if !committed.contains(dep) {
                 report.error(
                     "prerequisite",
                     dep,
-                    format!("stage {dep} has not been committed in run {}", self.run),
+                    format!("stage {dep} has not been committed in run {run}"),
                     ErrorClass::Fatal,
                 );
             }
@@ -434,7 +505,7 @@ impl PipelineGuardrails {
             };
             // Re-validated, not trusted: a file replaced since its commit fails here.
             for (name, output) in &upstream.outputs {
-                let data = check_data(&self.checker, name, output, &output.path, &BTreeSet::new());
+                let data = check_data(self.checker, name, output, &output.path, &BTreeSet::new());
                 if let Some(e) = data.first_error() {
                     report.error(
                         "prerequisite",
@@ -449,4 +520,14 @@ impl PipelineGuardrails {
             .info
             .insert("upstream".into(), Value::from(spec.depends_on.clone()));
     }
+}
+
+/// The stages with a committed attempt in `run`.
+pub(crate) fn committed_stages(registry: &RunRegistry, run: &RunId) -> Result<BTreeSet<String>> {
+    Ok(registry
+        .attempts(run)?
+        .into_iter()
+        .filter(|a| a.status == AttemptStatus::Committed)
+        .map(|a| a.stage)
+        .collect())
 }

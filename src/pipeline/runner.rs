@@ -1,6 +1,6 @@
 //! The guarded runner: one stage, or the whole pipeline in dependency order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +13,7 @@ use super::gates::{Figures, GateFn, GateResult, judge};
 use super::preflight::{check_data, is_folder, wanted_columns};
 use super::spec::{GateLevel, OnValidation, StageSpec};
 use crate::clock::{SharedClock, SystemClock};
-use crate::durable::{
-    AtomicStage, AttemptStatus, RegistryOptions, ResumeOptions, RunId, RunRegistry, RunStatus,
-};
+use crate::durable::{AtomicStage, RegistryOptions, ResumeOptions, RunId, RunRegistry, RunStatus};
 use crate::error::{ErrorClass, ErrorContext, GuardrailError, Result};
 use crate::integrity::{DataIntegrityChecker, Report};
 use crate::resilience::{BreakerRegistry, RetryPolicy};
@@ -444,16 +442,6 @@ impl PipelineGuardrails {
     /// Marks the run finished with `status`.
     pub fn finish(&self, status: RunStatus) -> Result<()> {
         self.registry.finish_run(&self.run, status)
-    }
-
-    pub(super) fn committed_stages(&self) -> Result<BTreeSet<String>> {
-        Ok(self
-            .registry
-            .attempts(&self.run)?
-            .into_iter()
-            .filter(|a| a.status == AttemptStatus::Committed)
-            .map(|a| a.stage)
-            .collect())
     }
 
     /// Runs one stage: preflight, the body under its guards, output checks, gates, and the

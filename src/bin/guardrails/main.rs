@@ -11,6 +11,7 @@ mod config_cmd;
 mod health_cmd;
 mod json_cmd;
 mod output;
+mod pipeline_cmd;
 mod runs_cmd;
 mod validate_cmd;
 
@@ -47,6 +48,13 @@ enum Command {
     /// Read an LLM's answer on stdin and print the valid JSON in it (repaired unless
     /// --strict). Exit 1 when no valid JSON could be produced.
     Json(json_cmd::JsonArgs),
+    /// Check whether a declared pipeline's stages can start: the machine, each upstream
+    /// stage committed (in the registry's newest run) with its outputs re-validated, every
+    /// input. Exit 0 ready, 1 not ready, 2 usage or config error.
+    Preflight(pipeline_cmd::PreflightArgs),
+    /// Show the gate results recorded for a run of a declared pipeline. Exit 0 no
+    /// mandatory gate failed, 1 one did, 2 usage, config or unknown run.
+    Gates(pipeline_cmd::GatesArgs),
     /// Read a pipeline's run registry: runs, stage attempts, artifacts, consistency.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),
@@ -91,6 +99,8 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd, &out),
         Command::Health(args) => health_cmd::run(args, &out),
         Command::Json(args) => json_cmd::run(args, &out),
+        Command::Preflight(args) => pipeline_cmd::preflight(args, &out),
+        Command::Gates(args) => pipeline_cmd::gates(args, &out),
         Command::Runs(cmd) => runs_cmd::run(cmd, &out),
         Command::Validate(cmd) => validate_cmd::run(cmd, &out),
     };

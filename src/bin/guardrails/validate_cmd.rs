@@ -169,7 +169,7 @@ fn each_file(
 
 /// On a terminal's stderr: a bar for several files, a spinner with the elapsed time for a
 /// single (possibly long) scan. Hidden otherwise, so pipes and CI logs stay clean.
-fn progress(files: usize, out: &Output) -> ProgressBar {
+pub(crate) fn progress(files: usize, out: &Output) -> ProgressBar {
     if files == 0 || !out.progress_allowed() {
         return ProgressBar::hidden();
     }
