@@ -147,7 +147,7 @@ fn features(ctx: &mut StageContext<'_, '_>, windows: u64) -> Result<()> {
 }
 
 /// An NPY version 1.0 file of a C-order float32 matrix.
-fn npy_f32(values: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+pub(crate) fn npy_f32(values: &[f32], rows: usize, cols: usize) -> Vec<u8> {
     let mut header =
         format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.

@@ -794,3 +794,156 @@ fn the_example_runs_clean_skips_a_damaged_clip_and_stops_on_too_few_rows() {
     ));
     assert!(!dir.path().join("work/metadata.parquet").exists());
 }
+
+/// A stage linking its output to its inputs: ids within the input's ids, one file per row.
+fn link_plan(root: &Path) -> PipelinePlan {
+    PipelineGuardrails::builder("links")
+        .root(root)
+        .resources(lenient())
+        .stage(
+            "join",
+            StageSpec::new()
+                .with_input("rows", DataSpec::table("in/rows.csv"))
+                .with_input("features", DataSpec::features("in/features"))
+                .with_output(
+                    "joined",
+                    DataSpec::table("out/joined.csv").with_allow_empty(true),
+                )
+                .with_gate(
+                    "known_ids",
+                    GateSpec::new("joined.id").ids_within("rows.id"),
+                )
+                .with_gate(
+                    "one_file_per_row",
+                    GateSpec::new("rows.clip").files_in("features", "{name}.npy"),
+                )
+                .with_gate(
+                    "few_unknown",
+                    GateSpec::new("joined.id")
+                        .ids_within("rows.id")
+                        .relative_to("joined.rows")
+                        .with_max(0.25)
+                        .advisory(),
+                ),
+        )
+        .plan()
+        .unwrap()
+}
+
+fn npy_1x1() -> Vec<u8> {
+    example::npy_f32(&[1.0], 1, 1)
+}
+
+#[test]
+fn link_gates_check_ids_and_files_across_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in/features")).unwrap();
+    std::fs::write(
+        root.join("in/rows.csv"),
+        "id,clip\n1,clips/a.mp4\n2,clips/b.mp4\n3,clips/c.mp4\n",
+    )
+    .unwrap();
+    for clip in ["a.mp4", "b.mp4"] {
+        std::fs::write(root.join(format!("in/features/{clip}.npy")), npy_1x1()).unwrap();
+    }
+    let mut pipeline = PipelineGuardrails::open(link_plan(root)).unwrap();
+
+    // c.mp4 has no feature file, and id 9 is not an input id: both mandatory gates fail.
+    let err = pipeline
+        .run_stage("join", |ctx| {
+            write_csv(ctx, "joined", "id,score\n1,0.5\n2,0.5\n9,0.5\n")
+        })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Validation);
+    let attempts = pipeline.registry().attempts(pipeline.run_id()).unwrap();
+    let gates = attempts[0].metrics["gates"].as_array().unwrap().clone();
+    let gate = |name: &str| gates.iter().find(|g| g["gate"] == name).unwrap().clone();
+    let known = gate("known_ids");
+    assert_eq!(known["passed"], false);
+    assert_eq!(known["value"], 1.0);
+    assert_eq!(known["figure"], "joined.id not in rows.id");
+    assert!(known["message"].as_str().unwrap().contains('9'), "{known}");
+    let files = gate("one_file_per_row");
+    assert_eq!(files["passed"], false);
+    assert_eq!(files["value"], 1.0);
+    assert!(
+        files["message"].as_str().unwrap().contains("c.mp4.npy"),
+        "{files}"
+    );
+    let share = gate("few_unknown");
+    assert_eq!(
+        share["passed"], false,
+        "1 of 3 unknown is over 0.25: {share}"
+    );
+    assert!(!std::path::Path::new(&root.join("out/joined.csv")).exists());
+
+    // Every id known and every row with its file: committed.
+    std::fs::write(root.join("in/features/c.mp4.npy"), npy_1x1()).unwrap();
+    let outcome = pipeline
+        .run_stage("join", |ctx| {
+            write_csv(ctx, "joined", "id,score\n1,0.5\n2,0.5\n3,0.5\n")
+        })
+        .unwrap();
+    assert!(
+        outcome.gates.iter().all(|g| g.passed),
+        "{:?}",
+        outcome.gates
+    );
+    assert!(root.join("out/joined.csv").exists());
+
+    // An output with no rows: the link is judged over nothing, which fails.
+    let err = pipeline
+        .run_stage("join", |ctx| write_csv(ctx, "joined", "id,score\n"))
+        .unwrap_err();
+    assert!(err.to_string().contains("computed over 0 items"), "{err}");
+}
+
+#[test]
+fn link_gates_name_tables_folders_and_one_link() {
+    let stage = r#"
+[stages.join]
+inputs.rows = { path = "in/rows.csv" }
+inputs.features = { path = "in/features", kind = "features" }
+outputs.joined = { path = "out/joined.csv" }
+"#;
+    let cases = [
+        (
+            r#"{ figure = "features.id", ids_within = "rows.id" }"#,
+            "stages.join.gates.g.figure",
+            "features is not a table",
+        ),
+        (
+            r#"{ figure = "joined.id", ids_within = "nowhere.id" }"#,
+            "stages.join.gates.g.ids_within",
+            "not an input or output",
+        ),
+        (
+            r#"{ figure = "rows.clip", files_in = "rows" }"#,
+            "stages.join.gates.g.files_in",
+            "a table, not a folder",
+        ),
+        (
+            r#"{ figure = "rows.clip", files_in = "features", ids_within = "rows.id" }"#,
+            "stages.join.gates.g.files_in",
+            "not both",
+        ),
+        (
+            r#"{ figure = "rows.rows", min = 1, file = "{name}" }"#,
+            "stages.join.gates.g.file",
+            "files_in, which is not set",
+        ),
+        (
+            r#"{ figure = "joined", ids_within = "rows.id" }"#,
+            "stages.join.gates.g.figure",
+            "X.COL",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    for (gate, key, why) in cases {
+        std::fs::write(&path, format!("{stage}gates.g = {gate}\n")).unwrap();
+        let err = PipelinePlan::from_path(&path).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(why), "{gate}: {err}");
+    }
+}

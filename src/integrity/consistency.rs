@@ -41,6 +41,9 @@ impl DataIntegrityChecker {
         if let Some(root) = &check.root {
             table = table.with_root(root.clone());
         }
+        if let Some(format) = check.format_hint {
+            table = table.with_format_hint(format);
+        }
         let mut ids = Vec::with_capacity(check.id_subsets.len());
         for subset in &check.id_subsets {
             let collector = IdCollector::new(&subset.column, check.memory_limit, hasher);
@@ -51,11 +54,16 @@ impl DataIntegrityChecker {
         report.kind = "consistency";
         for (subset, ids) in check.id_subsets.iter().zip(ids) {
             let reference = IdCollector::new(&subset.reference_column, check.memory_limit, hasher);
-            let ref_check = reference.attach(
-                TableCheck::new()
-                    .with_allow_empty(true)
-                    .with_required_columns([subset.reference_column.clone()]),
-            );
+            let mut ref_check = TableCheck::new()
+                .with_allow_empty(true)
+                .with_required_columns([subset.reference_column.clone()]);
+            // A named reference goes by its extension, as any table does.
+            if let Some(format) = check.format_hint
+                && subset.reference.extension().is_none()
+            {
+                ref_check = ref_check.with_format_hint(format);
+            }
+            let ref_check = reference.attach(ref_check);
             let ref_report = self.validate_metadata_file(&subset.reference, &ref_check)?;
             if !ref_report.ok {
                 report.error(
@@ -88,8 +96,10 @@ impl DataIntegrityChecker {
             };
             report.info(&format!("ids_checked.{}", subset.column), checked);
             let Some((count, rows)) = unknown else {
+                report.info(&format!("ids_unknown.{}", subset.column), 0);
                 continue;
             };
+            report.info(&format!("ids_unknown.{}", subset.column), count);
             let shown = self.values_at(path, &subset.column, &rows)?;
             let first: Vec<String> = rows
                 .iter()
@@ -216,7 +226,7 @@ impl IdCollector {
 
 /// A column as text, if the batch has it and it can be cast (ints and strings compare by
 /// their text).
-fn text_column(batch: &RecordBatch, column: &str) -> Option<arrow_array::ArrayRef> {
+pub(crate) fn text_column(batch: &RecordBatch, column: &str) -> Option<arrow_array::ArrayRef> {
     batch
         .column_by_name(column)
         .and_then(|a| arrow_cast::cast(a, &DataType::Utf8).ok())
@@ -269,6 +279,7 @@ pub struct ConsistencyCheck {
     id_subsets: Vec<IdSubset>,
     max_examples: usize,
     memory_limit: usize,
+    format_hint: Option<super::Format>,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +304,7 @@ impl ConsistencyCheck {
             id_subsets: Vec::new(),
             max_examples: 10,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            format_hint: None,
         }
     }
 
@@ -341,6 +353,14 @@ impl ConsistencyCheck {
     #[must_use]
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
+        self
+    }
+
+    /// The format of the table, and of each reference table whose name has no extension,
+    /// where the bytes cannot tell (a one-column CSV): see [`TableCheck::with_format_hint`].
+    #[must_use]
+    pub fn with_format_hint(mut self, format: super::Format) -> Self {
+        self.format_hint = Some(format);
         self
     }
 

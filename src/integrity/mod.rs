@@ -49,6 +49,7 @@ use serde_json::Value;
 use crate::error::{GuardrailError, Result};
 
 pub use consistency::ConsistencyCheck;
+pub(crate) use consistency::text_column;
 pub use features::FeatureCheck;
 pub use table::{AllowedValues, BatchCheckFn, DEFAULT_MEMORY_LIMIT, TableCheck};
 pub use video::VideoCheck;

@@ -1,9 +1,17 @@
 //! Figures a stage's checks and body produce, and the gates judged on them.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
+use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::integrity::{
+    ConsistencyCheck, DataIntegrityChecker, FindingSeverity, Format, TableCheck, text_column,
+};
 
 use super::spec::{GateLevel, GateSpec};
 
@@ -221,4 +229,203 @@ fn numeric_range(arrays: &[&dyn Array]) -> Option<(f64, f64)> {
         }
     }
     range
+}
+
+/// Where the stage's data named `X` is read now (an output at its temporary path), with
+/// the format its declared name says.
+pub(crate) type Locate<'a> = dyn Fn(&str) -> Option<(PathBuf, Option<Format>)> + 'a;
+
+/// How many rows break a link gate, and a few of them; `Err` when it cannot be judged.
+struct Broken {
+    count: u64,
+    checked: u64,
+    detail: String,
+}
+
+/// Judges a link gate (`ids_within`, `files_in`): the count of rows breaking the link
+/// becomes the figure its bounds (at most 0 by default) judge. `locate` gives where the
+/// stage's data named `X` is read now (an output at its temporary path).
+pub(crate) fn judge_link(
+    checker: &DataIntegrityChecker,
+    stage: &str,
+    name: &str,
+    gate: &GateSpec,
+    figures: &Figures,
+    locate: &Locate<'_>,
+) -> GateResult {
+    let label = match (&gate.ids_within, &gate.files_in) {
+        (Some(within), _) => format!("{} not in {within}", gate.figure),
+        (None, Some(folder)) => format!("{} without a file in {folder}", gate.figure),
+        (None, None) => gate.figure.clone(),
+    };
+    let broken = match (&gate.ids_within, &gate.files_in) {
+        (Some(within), _) => ids_outside(checker, &gate.figure, within, locate),
+        (None, Some(folder)) => rows_without_file(
+            checker,
+            &gate.figure,
+            folder,
+            gate.file.as_deref().unwrap_or("{value}"),
+            locate,
+        ),
+        (None, None) => Err("not a link gate".to_string()),
+    };
+    let mut spec = gate.clone();
+    spec.figure = label.clone();
+    if spec.min.is_none() && spec.max.is_none() {
+        spec.max = Some(0.0);
+    }
+    let mut own = Figures::default();
+    if let Some(other) = &gate.relative_to {
+        match figures.get(other) {
+            Some(v) => own.set(other.clone(), v),
+            None if figures.empty.contains(other) => {
+                own.empty.insert(other.clone());
+            }
+            None => {}
+        }
+    }
+    let detail = match &broken {
+        Ok(b) if b.checked == 0 => {
+            own.empty.insert(label.clone());
+            String::new()
+        }
+        Ok(b) => {
+            own.set(label.clone(), b.count as f64);
+            b.detail.clone()
+        }
+        Err(why) => why.clone(),
+    };
+    let mut result = judge(stage, name, &spec, &own);
+    if broken.is_err() {
+        result.message = format!("{label} cannot be judged: {detail}");
+    } else if !result.passed && !detail.is_empty() {
+        result.message = format!("{}; {detail}", result.message);
+    }
+    result
+}
+
+/// `X.COL` as (the data's path and format, the column).
+fn column_ref<'a>(
+    reference: &'a str,
+    locate: &Locate<'_>,
+) -> std::result::Result<(PathBuf, Option<Format>, &'a str), String> {
+    let (data, column) = reference
+        .split_once('.')
+        .ok_or_else(|| format!("{reference} is not X.COL"))?;
+    let (path, format) =
+        locate(data).ok_or_else(|| format!("{data} has not been written by the stage"))?;
+    Ok((path, format, column))
+}
+
+fn ids_outside(
+    checker: &DataIntegrityChecker,
+    figure: &str,
+    within: &str,
+    locate: &Locate<'_>,
+) -> std::result::Result<Broken, String> {
+    let (path, format, column) = column_ref(figure, locate)?;
+    let (reference, ref_format, ref_column) = column_ref(within, locate)?;
+    let mut check = ConsistencyCheck::new()
+        .with_ids_subset_of(column, &reference, ref_column)
+        .with_max_examples(5);
+    // One hint serves both tables only when they agree; otherwise each goes by its bytes.
+    if let Some(f) = format.filter(|f| ref_format.is_none_or(|r| r == *f)) {
+        check = check.with_format_hint(f);
+    }
+    let report = checker
+        .validate_data_consistency(&path, &check)
+        .map_err(|e| e.to_string())?;
+    let number = |key: &str| report.info.get(key).and_then(serde_json::Value::as_u64);
+    let (Some(checked), Some(count)) = (
+        number(&format!("ids_checked.{column}")),
+        number(&format!("ids_unknown.{column}")),
+    ) else {
+        return Err(report
+            .findings
+            .iter()
+            .find(|f| f.severity == FindingSeverity::Error)
+            .map_or_else(|| "the ids could not be read".into(), |f| f.message.clone()));
+    };
+    let detail = report
+        .findings
+        .iter()
+        .find(|f| f.check == "id_subset")
+        .map(|f| f.message.clone())
+        .unwrap_or_default();
+    Ok(Broken {
+        count,
+        checked,
+        detail,
+    })
+}
+
+/// The file a row's value names under a `files_in` template.
+fn file_for(template: &str, value: &str) -> String {
+    let name = value.rsplit(['/', '\\']).next().unwrap_or(value);
+    let stem = match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => name,
+    };
+    template
+        .replace("{value}", value)
+        .replace("{name}", name)
+        .replace("{stem}", stem)
+}
+
+fn rows_without_file(
+    checker: &DataIntegrityChecker,
+    figure: &str,
+    folder: &str,
+    template: &str,
+    locate: &Locate<'_>,
+) -> std::result::Result<Broken, String> {
+    const EXAMPLES: usize = 5;
+    let (path, format, column) = column_ref(figure, locate)?;
+    let (dir, _) = locate(folder).ok_or_else(|| format!("{folder} has not been written"))?;
+    // Streamed: one stat per row as each batch is read, a few examples kept.
+    let state = Arc::new(Mutex::new((0u64, 0u64, Vec::<String>::new())));
+    let (seen, col, tpl) = (Arc::clone(&state), column.to_string(), template.to_string());
+    let mut check = TableCheck::new()
+        .with_allow_empty(true)
+        .with_required_columns([column.to_string()])
+        .with_batch_check(format!("files in {folder}"), move |batch| {
+            let Some(values) = text_column(batch, &col) else {
+                return Ok(());
+            };
+            let mut s = seen.lock();
+            for v in values.as_string::<i32>().iter().flatten() {
+                s.0 += 1;
+                let file = file_for(&tpl, v);
+                if !dir.join(&file).is_file() {
+                    s.1 += 1;
+                    if s.2.len() < EXAMPLES {
+                        s.2.push(file);
+                    }
+                }
+            }
+            Ok(())
+        });
+    if let Some(f) = format {
+        check = check.with_format_hint(f);
+    }
+    let report = checker
+        .validate_metadata_file(&path, &check)
+        .map_err(|e| e.to_string())?;
+    if let Some(f) = report
+        .findings
+        .iter()
+        .find(|f| f.severity == FindingSeverity::Error)
+    {
+        return Err(f.message.clone());
+    }
+    let (checked, count, first) = std::mem::take(&mut *state.lock());
+    Ok(Broken {
+        count,
+        checked,
+        detail: if first.is_empty() {
+            String::new()
+        } else {
+            format!("first missing: {}", first.join(", "))
+        },
+    })
 }

@@ -9,13 +9,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::PipelinePlan;
-use super::gates::{Figures, GateFn, GateResult, judge};
+use super::gates::{Figures, GateFn, GateResult, judge, judge_link};
 use super::preflight::{check_data, is_folder, wanted_columns};
 use super::spec::{GateLevel, OnValidation, StageSpec};
 use crate::clock::{SharedClock, SystemClock};
 use crate::durable::{AtomicStage, RegistryOptions, ResumeOptions, RunId, RunRegistry, RunStatus};
 use crate::error::{ErrorClass, ErrorContext, GuardrailError, Result};
-use crate::integrity::{DataIntegrityChecker, Report};
+use crate::integrity::{DataIntegrityChecker, Format, Report};
 use crate::resilience::{BreakerRegistry, RetryPolicy};
 use crate::resource::ResourceMonitor;
 
@@ -591,13 +591,29 @@ impl PipelineGuardrails {
         }
         let quarantine = std::mem::take(&mut ctx.quarantine);
         let body_attempts = ctx.body_attempt;
+        let written = ctx.outputs.clone();
         drop(ctx);
 
-        // Gates, declared and in code.
+        // Gates, declared and in code. Link gates read the outputs where they are now.
+        let locate = |data: &str| -> Option<(PathBuf, Option<Format>)> {
+            let declared = spec.data(data)?;
+            let at = if spec.outputs.contains_key(data) {
+                written.get(data)?.clone()
+            } else {
+                declared.path.clone()
+            };
+            Some((at, Format::from_extension(&declared.path)))
+        };
         let mut gates: Vec<GateResult> = spec
             .gates
             .iter()
-            .map(|(name, g)| judge(stage, name, g, &figures))
+            .map(|(name, g)| {
+                if g.is_link() {
+                    judge_link(&self.checker, stage, name, g, &figures, &locate)
+                } else {
+                    judge(stage, name, g, &figures)
+                }
+            })
             .collect();
         for (name, level, check) in self.gate_fns.get(stage).into_iter().flatten() {
             let outcome = check(&figures);

@@ -480,6 +480,26 @@ pub enum GateLevel {
 /// With `relative_to`, the gate judges `figure / relative_to` (a ratio, e.g. output rows
 /// over input rows). A figure computed over 0 items (the null fraction of an empty table,
 /// the skipped share of a stage that handled nothing) fails the gate rather than passing it.
+///
+/// Two gates link one table to other data of the stage (an input is another stage's
+/// output, so these are the cross-stage gates); `figure` is then `X.COL`, and the gate
+/// judges how many rows break the link (at most 0 unless `min`/`max` say otherwise; with
+/// `relative_to = "X.rows"` the share):
+///
+/// | keys | counts |
+/// |---|---|
+/// | `ids_within = "Y.COL2"` | values of `X.COL` not found in table `Y`'s `COL2` |
+/// | `files_in = "Y"`, `file = "{stem}.npy"` | rows of `X` with no file `Y/<file>`, where `{value}` is `COL`'s text, `{name}` its last path component and `{stem}` that without its extension (default `{value}`) |
+///
+/// ```
+/// use guardrails::pipeline::GateSpec;
+///
+/// // Every scaled id is a metadata id; every metadata row has its feature file.
+/// let known = GateSpec::new("scaled.id").ids_within("metadata.id");
+/// let files = GateSpec::new("metadata.clip").files_in("features", "{name}.npy");
+/// assert_eq!(known.max, None); // at most 0 unknown ids, by default
+/// assert_eq!(files.file.as_deref(), Some("{name}.npy"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 #[non_exhaustive]
@@ -497,6 +517,18 @@ pub struct GateSpec {
     pub relative_to: Option<String>,
     /// Mandatory (default) or advisory.
     pub level: GateLevel,
+    /// A link gate: the values of `figure` (`X.COL`) must be among those of this column
+    /// (`Y.COL2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ids_within: Option<String>,
+    /// A link gate: each row of `figure`'s table (`X.COL`) must have a file in this folder
+    /// (an input or output of the stage), named by [`file`](Self::file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_in: Option<String>,
+    /// The file name template of [`files_in`](Self::files_in): `{value}`, `{name}`,
+    /// `{stem}` (default `{value}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl GateSpec {
@@ -534,6 +566,28 @@ impl GateSpec {
     pub fn advisory(mut self) -> Self {
         self.level = GateLevel::Advisory;
         self
+    }
+
+    /// A link gate: the values of `figure` (`X.COL`) must be among those of `column`
+    /// (`Y.COL2`), e.g. the ids of this stage's output among the ids of its input.
+    #[must_use]
+    pub fn ids_within(mut self, column: impl Into<String>) -> Self {
+        self.ids_within = Some(column.into());
+        self
+    }
+
+    /// A link gate: each row of `figure`'s table (`X.COL`) must have a file in the folder
+    /// `data`, named by `file` (`{value}`, `{name}`, `{stem}` of the row's `COL`).
+    #[must_use]
+    pub fn files_in(mut self, data: impl Into<String>, file: impl Into<String>) -> Self {
+        self.files_in = Some(data.into());
+        self.file = Some(file.into());
+        self
+    }
+
+    /// Whether this is a link gate (`ids_within` or `files_in`).
+    pub(crate) fn is_link(&self) -> bool {
+        self.ids_within.is_some() || self.files_in.is_some()
     }
 }
 
@@ -726,7 +780,15 @@ impl StageSpec {
         }
         for (name, gate) in &self.gates {
             let at = format!("{at}.gates.{name}");
-            if gate.min.is_none() && gate.max.is_none() {
+            if gate.file.is_some() && gate.files_in.is_none() {
+                out.push(GuardrailError::config(
+                    format!("{at}.file"),
+                    "file names the files of files_in, which is not set",
+                ));
+            }
+            if gate.is_link() {
+                out.extend(self.link_problems(&at, gate));
+            } else if gate.min.is_none() && gate.max.is_none() {
                 out.push(GuardrailError::config(
                     format!("{at}.min"),
                     "a gate needs min, max or both",
@@ -740,7 +802,9 @@ impl StageSpec {
                     ));
                 }
             }
-            if let Err(reason) = self.figure_known(&gate.figure) {
+            if gate.is_link() {
+                // `figure` names a column there, checked by link_problems.
+            } else if let Err(reason) = self.figure_known(&gate.figure) {
                 out.push(GuardrailError::config(format!("{at}.figure"), reason));
             }
             if let Some(other) = &gate.relative_to
@@ -750,6 +814,52 @@ impl StageSpec {
             }
         }
         out
+    }
+
+    /// The problems of a link gate: `figure` and `ids_within` name a table column of this
+    /// stage, `files_in` a folder of it, and only one link per gate.
+    fn link_problems(&self, at: &str, gate: &GateSpec) -> Vec<GuardrailError> {
+        let mut out = Vec::new();
+        let column = |key: &str, reference: &str| -> Option<GuardrailError> {
+            let problem = match reference.split_once('.') {
+                Some((data, col)) if !col.is_empty() => match self.data(data) {
+                    Some(spec) if spec.is_table() => return None,
+                    Some(_) => format!("{reference}: {data} is not a table"),
+                    None => format!("{reference}: {data} is not an input or output of this stage"),
+                },
+                _ => format!("{reference}: a link names a table column as X.COL"),
+            };
+            Some(GuardrailError::config(format!("{at}.{key}"), problem))
+        };
+        out.extend(column("figure", &gate.figure));
+        if gate.ids_within.is_some() && gate.files_in.is_some() {
+            out.push(GuardrailError::config(
+                format!("{at}.files_in"),
+                "a gate is one link: ids_within or files_in, not both",
+            ));
+        }
+        if let Some(within) = &gate.ids_within {
+            out.extend(column("ids_within", within));
+        }
+        if let Some(folder) = &gate.files_in {
+            match self.data(folder) {
+                Some(spec) if !spec.is_table() => {}
+                Some(_) => out.push(GuardrailError::config(
+                    format!("{at}.files_in"),
+                    format!("{folder} is a table, not a folder of files"),
+                )),
+                None => out.push(GuardrailError::config(
+                    format!("{at}.files_in"),
+                    format!("{folder} is not an input or output of this stage"),
+                )),
+            }
+        }
+        out
+    }
+
+    /// The input or output called `name`.
+    pub(crate) fn data(&self, name: &str) -> Option<&DataSpec> {
+        self.inputs.get(name).or_else(|| self.outputs.get(name))
     }
 
     /// Whether some check of this stage produces `figure`; `Err` says why not.
