@@ -441,6 +441,25 @@ impl GuardrailError {
         }
     }
 
+    /// The caller's own error (an [`External`](Self::External), under any context) given
+    /// the class `classify` says, where it says one: a user classifier that knows the
+    /// caller's error types better than the class chosen when it was wrapped.
+    pub(crate) fn reclassify_external(self, classify: &UserClassifier) -> Self {
+        match self {
+            Self::External(mut e) => {
+                if let Some(class) = classify(&*e.source) {
+                    e.class = class;
+                }
+                Self::External(e)
+            }
+            Self::Context(ContextError { context, inner }) => Self::Context(ContextError {
+                context,
+                inner: Box::new(inner.reclassify_external(classify)),
+            }),
+            other => other,
+        }
+    }
+
     /// Attaches context, merging with context already there: values set closer to the
     /// failure are kept, empty ones are filled in.
     #[must_use]
@@ -634,6 +653,11 @@ fn fmt_retry_after(d: Option<Duration>) -> String {
         None => String::new(),
     }
 }
+
+/// Classifies the caller's own error (the one inside [`GuardrailError::External`]): the
+/// class to give it, or `None` to keep the one it was wrapped with.
+pub type UserClassifier =
+    dyn Fn(&(dyn StdError + Send + Sync + 'static)) -> Option<ErrorClass> + Send + Sync;
 
 /// The caller's own error inside [`GuardrailError::External`].
 #[derive(Debug)]

@@ -99,7 +99,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::GuardrailsConfig;
 pub use error::{
     ContextError, ErrorClass, ErrorContext, ErrorKind, ErrorReport, ExternalError, GuardrailError,
-    Result, ResultExt,
+    Result, ResultExt, UserClassifier,
 };
 
 /// The everyday types: `use guardrails::prelude::*;`.

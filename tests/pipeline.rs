@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use guardrails::durable::{AttemptStatus, RunStatus};
+use guardrails::durable::{AttemptStatus, ResumeState, RunStatus};
 use guardrails::pipeline::{
     DataSpec, GateLevel, GateSpec, OnValidation, PipelineGuardrails, PipelinePlan, StageBody,
     StageSpec, StageStatus,
 };
 use guardrails::resilience::RetryConfig;
 use guardrails::resource::ResourceLimits;
-use guardrails::{ErrorClass, ErrorKind, GuardrailError, ManualClock};
+use guardrails::{ErrorClass, ErrorKind, GuardrailError, ManualClock, ResultExt};
 
 /// The example itself, run end to end below (its `main` and printing go unused here).
 #[allow(dead_code)]
@@ -691,13 +691,48 @@ fn a_failed_stage_blocks_only_its_downstream_and_resume_skips_what_is_done() {
     drop(pipeline);
 
     // Fixed upstream data: the resumed run skips a and d and runs b and c.
-    let mut pipeline = PipelineGuardrails::resume(plan, &run).unwrap();
+    let mut pipeline = PipelineGuardrails::resume(plan.clone(), &run).unwrap();
     let outcome = pipeline.run(bodies("id\n1\n2\n3\n")).unwrap();
     assert!(outcome.is_success(), "{outcome:?}");
     match outcome.get("a").unwrap() {
         StageStatus::Skipped { reason } => assert!(!reason.is_empty()),
         other => panic!("{other:?}"),
     }
+    assert!(matches!(outcome.get("b"), Some(StageStatus::Committed(_))));
+    assert!(matches!(outcome.get("c"), Some(StageStatus::Committed(_))));
+    assert!(matches!(
+        outcome.get("d"),
+        Some(StageStatus::Skipped { .. })
+    ));
+    assert_eq!(outcome.resume.get("b").unwrap().state, ResumeState::ToRun);
+    let run = outcome.run.clone();
+    drop(pipeline);
+
+    // An output changed since its commit: that stage is stale and runs again, saying why.
+    let a_output = plan
+        .stage("a")
+        .unwrap()
+        .outputs
+        .values()
+        .next()
+        .unwrap()
+        .path
+        .clone();
+    std::fs::write(&a_output, "id\n1\n2\n3\n4\n5\n6\n7\n").unwrap();
+    let mut pipeline = PipelineGuardrails::resume(plan, &run).unwrap();
+    let outcome = pipeline.run(bodies("id\n1\n2\n3\n")).unwrap();
+    let why = outcome.resume.get("a").unwrap();
+    assert_eq!(why.state, ResumeState::Stale, "{why:?}");
+    assert!(
+        why.reason
+            .contains(a_output.file_name().unwrap().to_str().unwrap()),
+        "{why:?}"
+    );
+    assert!(matches!(outcome.get("a"), Some(StageStatus::Committed(_))));
+    // b and c were done, but from a's old output: they run again; d is untouched.
+    let why = outcome.resume.get("b").unwrap();
+    assert_eq!(why.state, ResumeState::Stale);
+    assert!(why.reason.contains("upstream stage a ran again"), "{why:?}");
     assert!(matches!(outcome.get("b"), Some(StageStatus::Committed(_))));
     assert!(matches!(outcome.get("c"), Some(StageStatus::Committed(_))));
     assert!(matches!(
@@ -946,4 +981,79 @@ outputs.joined = { path = "out/joined.csv" }
         let err = PipelinePlan::from_path(&path).unwrap_err().to_string();
         assert!(err.contains(key) && err.contains(why), "{gate}: {err}");
     }
+}
+
+/// A pipeline's own error type, classified by the user's classifier.
+#[derive(Debug)]
+enum FeatureStoreError {
+    Hiccup,
+    SchemaDrift,
+}
+
+impl std::fmt::Display for FeatureStoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hiccup => f.write_str("the feature store hiccuped"),
+            Self::SchemaDrift => f.write_str("the feature store's schema drifted"),
+        }
+    }
+}
+
+impl std::error::Error for FeatureStoreError {}
+
+#[test]
+fn a_user_error_is_classified_by_the_users_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let classify = |e: &(dyn std::error::Error + Send + Sync + 'static)| match e
+        .downcast_ref::<FeatureStoreError>()
+    {
+        Some(FeatureStoreError::Hiccup) => Some(ErrorClass::Retryable),
+        Some(FeatureStoreError::SchemaDrift) => Some(ErrorClass::Validation),
+        None => None,
+    };
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path()))
+        .unwrap()
+        .with_classifier(classify);
+    pipeline
+        .run_stage("extract", |ctx| write_csv(ctx, "rows", &csv(4)))
+        .unwrap();
+
+    // Wrapped as fatal, classified retryable: `score` (retry = true) tries again.
+    let mut calls = 0;
+    let outcome = pipeline
+        .run_stage("score", |ctx| {
+            calls += 1;
+            if calls == 1 {
+                // Under context too: the classifier sees through it.
+                return Err::<(), _>(GuardrailError::external(FeatureStoreError::Hiccup))
+                    .operation("read features");
+            }
+            write_csv(ctx, "scored", "id\n1\n")
+        })
+        .unwrap();
+    assert_eq!(outcome.body_attempts, 2);
+
+    let err = pipeline
+        .run_stage("score", |_| {
+            Err(GuardrailError::external(FeatureStoreError::SchemaDrift))
+        })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Validation);
+    assert!(err.to_string().contains("schema drifted"), "{err}");
+
+    // Without a classifier the wrapped class stands: fatal, one attempt, nothing lost.
+    let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    let mut calls = 0;
+    let err = pipeline
+        .run_stage("extract", |_| {
+            calls += 1;
+            Err(GuardrailError::external(FeatureStoreError::Hiccup))
+        })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert_eq!(calls, 1);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/rows.csv")).unwrap(),
+        csv(4)
+    );
 }

@@ -13,8 +13,11 @@ use super::gates::{Figures, GateFn, GateResult, judge, judge_link};
 use super::preflight::{check_data, is_folder, wanted_columns};
 use super::spec::{GateLevel, OnValidation, StageSpec};
 use crate::clock::{SharedClock, SystemClock};
-use crate::durable::{AtomicStage, RegistryOptions, ResumeOptions, RunId, RunRegistry, RunStatus};
-use crate::error::{ErrorClass, ErrorContext, GuardrailError, Result};
+use crate::durable::{
+    AtomicStage, RegistryOptions, ResumeOptions, ResumePlan, ResumeState, RunId, RunRegistry,
+    RunStatus,
+};
+use crate::error::{ErrorClass, ErrorContext, GuardrailError, Result, UserClassifier};
 use crate::integrity::{DataIntegrityChecker, Format, Report};
 use crate::resilience::{BreakerRegistry, RetryPolicy};
 use crate::resource::ResourceMonitor;
@@ -100,6 +103,9 @@ pub struct PipelineOutcome {
     pub run: RunId,
     /// Per stage, upstream first.
     pub stages: Vec<(String, StageStatus)>,
+    /// Why each stage was skipped or run: done, stale (which artifact changed) or never
+    /// committed in this run (how its last attempt ended).
+    pub resume: ResumePlan,
 }
 
 impl PipelineOutcome {
@@ -324,6 +330,7 @@ pub struct PipelineGuardrails {
     breakers: BreakerRegistry,
     fallbacks: BTreeMap<String, FallbackBody>,
     gate_fns: BTreeMap<String, Vec<(String, GateLevel, GateFn)>>,
+    classifier: Option<Box<UserClassifier>>,
 }
 
 impl std::fmt::Debug for PipelineGuardrails {
@@ -390,6 +397,7 @@ impl PipelineGuardrails {
             breakers,
             fallbacks: BTreeMap::new(),
             gate_fns: BTreeMap::new(),
+            classifier: None,
         })
     }
 
@@ -401,6 +409,43 @@ impl PipelineGuardrails {
         F: FnMut(&mut StageContext<'_, '_>) -> Result<()> + 'static,
     {
         self.fallbacks.insert(name.into(), Box::new(body));
+        self
+    }
+
+    /// Classifies the caller's own errors that bodies return (wrapped with
+    /// [`GuardrailError::external`], fatal by default): `classify` sees the wrapped error
+    /// (downcast it to your type) and gives the class that decides retry, fallback,
+    /// quarantine or stop, or `None` to keep the wrapped one.
+    ///
+    /// ```
+    /// # use guardrails::pipeline::{DataSpec, PipelineGuardrails, StageSpec};
+    /// # use guardrails::ErrorClass;
+    /// #[derive(Debug)]
+    /// struct Flaky;
+    /// impl std::fmt::Display for Flaky {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("the feature store hiccuped")
+    ///     }
+    /// }
+    /// impl std::error::Error for Flaky {}
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let plan = PipelineGuardrails::builder("p").root(dir.path())
+    /// #     .stage("a", StageSpec::new().with_output("t", DataSpec::table("t.csv")))
+    /// #     .plan()?;
+    /// let pipeline = PipelineGuardrails::open(plan)?
+    ///     .with_classifier(|e| e.is::<Flaky>().then_some(ErrorClass::Retryable));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_classifier<F>(mut self, classify: F) -> Self
+    where
+        F: Fn(&(dyn std::error::Error + Send + Sync + 'static)) -> Option<ErrorClass>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.classifier = Some(Box::new(classify));
         self
     }
 
@@ -484,6 +529,7 @@ impl PipelineGuardrails {
             })?),
             None => None,
         };
+        let classifier = self.classifier.as_deref();
         let mut attempt = self.registry.begin_stage(&self.run, stage)?;
         let mut outputs = BTreeMap::new();
         let started = self.clock.now();
@@ -529,7 +575,11 @@ impl PipelineGuardrails {
                     class: ErrorClass::Fatal,
                 }),
             }
-            .and_then(|()| ctx.check_deadline());
+            .and_then(|()| ctx.check_deadline())
+            .map_err(|e| match classifier {
+                Some(c) => e.reclassify_external(c),
+                None => e,
+            });
             if let Some(p) = permit {
                 match &result {
                     Ok(()) => p.record_success(),
@@ -698,7 +748,7 @@ impl PipelineGuardrails {
             self.plan.stage(name)?;
         }
         let order = self.plan.order.clone();
-        let resume = self
+        let mut resume = self
             .registry
             .resume(&self.run, &ResumeOptions::new().with_stages(order.iter()))?;
         let mut stages: Vec<(String, StageStatus)> = Vec::new();
@@ -725,6 +775,18 @@ impl PipelineGuardrails {
                 ));
                 continue;
             }
+            // A stage whose upstream ran again read other inputs than its outputs came from.
+            if resume.is_done(name)
+                && let Some(up) = spec.depends_on.iter().find(|d| {
+                    stages
+                        .iter()
+                        .any(|(s, st)| s == *d && matches!(st, StageStatus::Committed(_)))
+                })
+                && let Some(entry) = resume.stages.iter_mut().find(|s| s.stage == *name)
+            {
+                entry.state = ResumeState::Stale;
+                entry.reason = format!("upstream stage {up} ran again, so its outputs are stale");
+            }
             if resume.is_done(name) {
                 let reason = resume
                     .get(name)
@@ -733,6 +795,9 @@ impl PipelineGuardrails {
                 tracing::info!(stage = %name, %reason, "stage done earlier in this run; skipped");
                 stages.push((name.clone(), StageStatus::Skipped { reason }));
                 continue;
+            }
+            if let Some(why) = resume.get(name) {
+                tracing::info!(stage = %name, state = ?why.state, reason = %why.reason, "stage runs");
             }
             let Some(body) = bodies.get_mut(name) else {
                 return Err(GuardrailError::config(
@@ -755,6 +820,7 @@ impl PipelineGuardrails {
         let outcome = PipelineOutcome {
             run: self.run.clone(),
             stages,
+            resume,
         };
         self.finish(if outcome.is_success() {
             RunStatus::Succeeded
