@@ -1,23 +1,28 @@
-//! Durable outputs: `atomic_write` against the same syscalls written by hand and against a
-//! plain write + fsync; a three-output stage commit against three `atomic_write`s;
-//! checkpoint save/load against raw rusqlite with the same pragmas; `resume` over 10 000
-//! artifacts.
+//! `PipelineGuardrails`: preflight of the example's five stages against the same checks
+//! made one at a time, and the runner's overhead per stage against the body, the output
+//! check and the registry commit done by hand.
 //!
-//! `cargo bench --bench pipeline --features durable`. Files go under `target/` (a real
-//! disk: on tmpfs `fsync` is free and the ratios mean nothing).
+//! `cargo bench --bench pipeline --features pipeline`. Files go under `target/` (a real
+//! disk: on tmpfs `fsync` is free and the commit figures mean nothing).
 
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
 
-use std::fs::{self, File};
+use std::fs;
 use std::hint::black_box;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use guardrails::durable::{ResumeOptions, RunRegistry, atomic_write_bytes};
-use rusqlite::params;
+use criterion::{Criterion, criterion_group, criterion_main};
+use guardrails::durable::RunRegistry;
+use guardrails::integrity::{DataIntegrityChecker, TableCheck};
+use guardrails::pipeline::{DataKind, DataSpec, PipelineGuardrails, PipelinePlan, StageSpec};
+use guardrails::resource::{ResourceLimits, ResourceMonitor};
+
+/// The example, to build its data: a clean run leaves every stage committed.
+#[allow(dead_code)]
+#[path = "../examples/pipeline.rs"]
+mod example;
 
 fn scratch() -> tempfile::TempDir {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scratch");
@@ -25,222 +30,162 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(base).unwrap()
 }
 
-/// The atomic write by hand: temp file in the same directory, write, fsync, rename,
-/// directory fsync.
-fn by_hand(path: &Path, bytes: &[u8], n: u64) {
-    let temp = path.with_file_name(format!(".{n}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    fs::rename(&temp, path).unwrap();
-    File::open(path.parent().unwrap())
-        .unwrap()
-        .sync_all()
-        .unwrap();
-}
-
-fn plain(path: &Path, bytes: &[u8]) {
-    let mut f = File::create(path).unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-}
-
-fn atomic_writes(c: &mut Criterion) {
-    let dir = scratch();
-    let mut g = c.benchmark_group("atomic_write");
-    g.sample_size(20).measurement_time(Duration::from_secs(8));
-    for (label, size) in [
-        ("4KiB", 4usize << 10),
-        ("1MiB", 1 << 20),
-        ("64MiB", 64 << 20),
-    ] {
-        let bytes = vec![0x42u8; size];
-        g.throughput(Throughput::Bytes(size as u64));
-        if size > 1 << 20 {
-            g.sample_size(10);
-        }
-        let target = dir.path().join(format!("out-{label}"));
-        g.bench_with_input(BenchmarkId::new("guardrails", label), &bytes, |b, bytes| {
-            b.iter(|| atomic_write_bytes(&target, black_box(bytes)).unwrap())
-        });
-        let mut n = 0u64;
-        g.bench_with_input(BenchmarkId::new("by_hand", label), &bytes, |b, bytes| {
-            b.iter(|| {
-                n += 1;
-                by_hand(&target, black_box(bytes), n)
-            })
-        });
-        g.bench_with_input(
-            BenchmarkId::new("write_fsync", label),
-            &bytes,
-            |b, bytes| b.iter(|| plain(&target, black_box(bytes))),
-        );
+/// The files of a declared input, as `guardrails validate` would be given them.
+fn files(spec: &DataSpec) -> Vec<std::path::PathBuf> {
+    if spec.path.is_dir() {
+        let mut v: Vec<_> = fs::read_dir(&spec.path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![spec.path.clone()]
     }
+}
+
+/// What preflight replaces, done by hand: per stage a resource snapshot of its paths and
+/// its outputs' folders, and
+/// each input's files validated once, with the check of the upstream output it is (in the
+/// example each producer's declared check holds the consumer's) or else its own. Not the
+/// registry: the prerequisite figure is measured on its own.
+fn by_hand(plan: &PipelinePlan, monitor: &ResourceMonitor, checker: &DataIntegrityChecker) {
+    for name in &plan.order {
+        let stage = plan.stage(name).unwrap();
+        // The check paths and the outputs' folders (free space for the outputs).
+        let paths: Vec<&Path> = stage
+            .resources
+            .check_paths
+            .iter()
+            .map(|p| p.as_path())
+            .chain(stage.outputs.values().filter_map(|o| o.path.parent()))
+            .collect();
+        black_box(monitor.snapshot_with(&paths).check(&plan.resources));
+        for input in stage.inputs.values() {
+            let producer = stage.depends_on.iter().find_map(|d| {
+                let up = plan.stage(d).unwrap();
+                up.outputs.values().find(|o| o.path == input.path)
+            });
+            let input = producer.unwrap_or(input);
+            for file in files(input) {
+                let report = match input.kind {
+                    DataKind::Table => {
+                        let dir = input.path.parent().unwrap();
+                        checker.validate_metadata_file(&file, &input.table_check(dir))
+                    }
+                    DataKind::Features => {
+                        checker.validate_feature_file(&file, &input.feature_check())
+                    }
+                    _ => checker.validate_video_file(&file, &input.video_check()),
+                };
+                black_box(report.unwrap());
+            }
+        }
+    }
+}
+
+fn preflight(c: &mut Criterion) {
+    let dir = scratch();
+    let outcome = example::run(dir.path(), example::Scenario::Clean).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    let plan = PipelinePlan::from_path(dir.path().join("pipeline.toml")).unwrap();
+    let reports = plan.preflight(&[]).unwrap();
+    assert!(reports.iter().all(|r| r.ok), "{reports:?}");
+
+    let mut g = c.benchmark_group("preflight_5_stages");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    g.bench_function("guardrails", |b| {
+        b.iter(|| black_box(plan.preflight(&[]).unwrap()))
+    });
+    // A fresh monitor and checker, as each separate `guardrails` call has and as
+    // `PipelinePlan::preflight` makes (its first snapshot costs more than later ones).
+    g.bench_function("checks_by_hand", |b| {
+        b.iter(|| {
+            let monitor = ResourceMonitor::new(plan.resources.clone()).unwrap();
+            by_hand(&plan, &monitor, &DataIntegrityChecker::new())
+        })
+    });
+    // The part no validate call does: the registry opened read-only and the run's
+    // committed stages read.
+    g.bench_function("registry_read", |b| {
+        b.iter(|| {
+            let registry = RunRegistry::open_read_only(&plan.registry).unwrap();
+            let runs = registry.runs().unwrap();
+            black_box(registry.attempts(&runs[0].id).unwrap())
+        })
+    });
     g.finish();
 }
 
-fn stage_commit(c: &mut Criterion) {
+/// One stage writing a 10-row CSV, with no resources to check, no inputs and no gates: what
+/// `run_stage` adds is preflight, the attempt rows, the output check and the commit.
+fn runner_overhead(c: &mut Criterion) {
+    const CSV: &str =
+        "id,score\n0,0.0\n1,0.1\n2,0.2\n3,0.3\n4,0.4\n5,0.5\n6,0.6\n7,0.7\n8,0.8\n9,0.9\n";
     let dir = scratch();
-    let registry = RunRegistry::open(dir.path().join("reg.db")).unwrap();
+    let limits = ResourceLimits::new()
+        .with_min_free_disk_bytes(0)
+        .with_max_disk_bytes(u64::MAX / 2)
+        .with_max_memory_bytes(u64::MAX / 2);
+    let plan = PipelineGuardrails::builder("bench")
+        .root(dir.path())
+        .resources(limits)
+        .stage(
+            "s",
+            StageSpec::new().with_output(
+                "t",
+                DataSpec::table("t.csv").with_required_columns(["id", "score"]),
+            ),
+        )
+        .plan()
+        .unwrap();
+    let mut pipeline = PipelineGuardrails::open(plan).unwrap();
+    let registry = RunRegistry::open(dir.path().join("by_hand.db")).unwrap();
     let run = registry.start_run("bench", "h").unwrap();
-    let bytes = vec![0x42u8; 64 << 10];
-    let names: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("a{i}"))).collect();
-    let mut g = c.benchmark_group("stage_commit_3x64KiB");
-    g.sample_size(20).measurement_time(Duration::from_secs(8));
-    g.bench_function("atomic_stage", |b| {
+    let checker = DataIntegrityChecker::new();
+    let check = TableCheck::new().with_required_columns(["id", "score"]);
+    let target = dir.path().join("h.csv");
+
+    let mut g = c.benchmark_group("run_stage_10_rows");
+    g.sample_size(30).measurement_time(Duration::from_secs(8));
+    g.bench_function("guardrails", |b| {
         b.iter(|| {
-            registry
-                .run_stage(&run, "s", |s| {
-                    for p in &names {
-                        s.write(p, |w| Ok(w.write_all(&bytes)?))?;
-                    }
+            pipeline
+                .run_stage("s", |ctx| {
+                    fs::write(ctx.output("t")?, CSV)?;
                     Ok(())
                 })
                 .unwrap()
         })
     });
-    g.bench_function("three_atomic_writes", |b| {
-        b.iter(|| {
-            for p in &names {
-                atomic_write_bytes(p, &bytes).unwrap();
-            }
-        })
-    });
-    g.finish();
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    epoch: u32,
-    lr: f64,
-    seen: Vec<u64>,
-}
-
-fn checkpoints(c: &mut Criterion) {
-    let dir = scratch();
-    let registry = RunRegistry::open(dir.path().join("reg.db")).unwrap();
-    let run = registry.start_run("bench", "h").unwrap();
-    // About 1 KiB of JSON.
-    let state = State {
-        epoch: 7,
-        lr: 3e-4,
-        seen: (0..100).map(|i| i * 1_000_003).collect(),
-    };
-    let text = serde_json::to_string(&state).unwrap();
-    assert!((900..1300).contains(&text.len()), "{}", text.len());
-    // Two raw peers with the registry's pragmas: `rusqlite` stores and reads the same row a
-    // checkpoint is (run, stage, version, value, the stage's artifact list, time) under the same
-    // key; `rusqlite_value_only` keeps just the value, the least any checkpoint store can do.
-    let raw = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
-    raw.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-         CREATE TABLE cp (run_id TEXT, stage TEXT, version INTEGER, value TEXT, artifacts TEXT,
-                          saved_ms INTEGER, PRIMARY KEY (run_id, stage, version));
-         CREATE TABLE cpv (stage TEXT, version INTEGER, value TEXT, PRIMARY KEY (stage, version));",
-    )
-    .unwrap();
-    let mut g = c.benchmark_group("checkpoint_1KiB");
-    g.sample_size(30).measurement_time(Duration::from_secs(8));
-    g.bench_function("save/guardrails", |b| {
-        b.iter(|| registry.save_checkpoint(&run, "train", &state).unwrap())
-    });
-    let mut v = 0i64;
-    g.bench_function("save/rusqlite", |b| {
-        b.iter(|| {
-            v += 1;
-            let tx = raw.unchecked_transaction().unwrap();
-            tx.prepare_cached(
-                "INSERT INTO cp (run_id, stage, version, value, artifacts, saved_ms) VALUES (?1, 'train', ?2, ?3, '[]', ?4)",
-            )
-            .unwrap()
-            .execute(params![run.as_str(), v, serde_json::to_string(&state).unwrap(), v])
-            .unwrap();
-            tx.commit().unwrap();
-        })
-    });
-    let mut v = 0i64;
-    g.bench_function("save/rusqlite_value_only", |b| {
-        b.iter(|| {
-            v += 1;
-            let tx = raw.unchecked_transaction().unwrap();
-            tx.prepare_cached("INSERT INTO cpv (stage, version, value) VALUES ('train', ?1, ?2)")
-                .unwrap()
-                .execute(params![v, serde_json::to_string(&state).unwrap()])
-                .unwrap();
-            tx.commit().unwrap();
-        })
-    });
-    g.bench_function("load/guardrails", |b| {
+    // The same body, check and atomic commit through the registry, without the runner.
+    g.bench_function("by_hand", |b| {
         b.iter(|| {
             registry
-                .load_checkpoint::<State>(&run, "train")
-                .unwrap()
+                .run_stage(&run, "s", |s| {
+                    let temp = s.output(&target)?;
+                    fs::write(&temp, CSV)?;
+                    checker
+                        .validate_metadata_file(&temp, &check)?
+                        .into_result()?;
+                    Ok(())
+                })
                 .unwrap()
         })
     });
-    g.bench_function("load/rusqlite", |b| {
+    // Only the commit: what the overhead is dominated by.
+    g.bench_function("registry_commit_only", |b| {
         b.iter(|| {
-            let (text, artifacts): (String, String) = raw
-                .prepare_cached(
-                    "SELECT version, value, artifacts, saved_ms FROM cp WHERE run_id = ?1 AND stage = 'train' ORDER BY version DESC LIMIT 1",
-                )
+            registry
+                .run_stage(&run, "c", |s| {
+                    fs::write(s.output(&target)?, CSV)?;
+                    Ok(())
+                })
                 .unwrap()
-                .query_row(params![run.as_str()], |r| Ok((r.get(1)?, r.get(2)?)))
-                .unwrap();
-            let artifacts: Vec<serde_json::Value> = serde_json::from_str(&artifacts).unwrap();
-            (serde_json::from_str::<State>(&text).unwrap(), artifacts)
-        })
-    });
-    g.bench_function("load/rusqlite_value_only", |b| {
-        b.iter(|| {
-            let text: String = raw
-                .prepare_cached(
-                    "SELECT value FROM cpv WHERE stage = 'train' ORDER BY version DESC LIMIT 1",
-                )
-                .unwrap()
-                .query_row([], |r| r.get(0))
-                .unwrap();
-            serde_json::from_str::<State>(&text).unwrap()
         })
     });
     g.finish();
 }
 
-fn resume(c: &mut Criterion) {
-    let dir = scratch();
-    let registry = RunRegistry::open(dir.path().join("reg.db")).unwrap();
-    let run = registry.start_run("bench", "h").unwrap();
-    let out = dir.path().join("out");
-    fs::create_dir(&out).unwrap();
-    for chunk in 0..10 {
-        registry
-            .run_stage(&run, &format!("stage-{chunk}"), |s| {
-                for i in 0..1000 {
-                    s.write(out.join(format!("{chunk}-{i}.bin")), |w| {
-                        Ok(w.write_all(b"x")?)
-                    })?;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
-    assert_eq!(registry.artifacts(&run).unwrap().len(), 10_000);
-    let mut g = c.benchmark_group("resume_10k_artifacts");
-    g.sample_size(10);
-    g.bench_function("size_mtime", |b| {
-        b.iter(|| {
-            let plan = registry.resume(&run, &ResumeOptions::new()).unwrap();
-            assert!(plan.is_done("stage-9"));
-            plan
-        })
-    });
-    g.finish();
-}
-
-criterion_group!(benches, atomic_writes, stage_commit, checkpoints, resume);
+criterion_group!(benches, preflight, runner_overhead);
 criterion_main!(benches);

@@ -12,6 +12,8 @@
 //!
 //! ```text
 //! cargo run --example pipeline
+//! cargo run --example pipeline -- --keep runs   # keep each run's folder, then:
+//! cargo run --features cli -- preflight runs/clean/pipeline.toml
 //! ```
 //!
 //! The registry is a SQLite file under each run's folder; nothing to install or start.
@@ -325,14 +327,36 @@ fn describe(outcome: &PipelineOutcome) {
 }
 
 fn main() -> Result<()> {
-    for (title, scenario) in [
-        ("1. a clean run", Scenario::Clean),
-        ("2. a damaged clip", Scenario::CorruptClip),
-        ("3. too few rows", Scenario::TooFewRows),
+    // `-- --keep DIR`: each run's folder is kept under DIR, to look at with the CLI.
+    let args: Vec<String> = std::env::args().collect();
+    let keep = match args.iter().position(|a| a == "--keep") {
+        Some(i) => Some(PathBuf::from(args.get(i + 1).ok_or_else(|| {
+            GuardrailError::config("--keep", "names the folder to keep the runs in")
+        })?)),
+        None => None,
+    };
+    for (title, folder, scenario) in [
+        ("1. a clean run", "clean", Scenario::Clean),
+        ("2. a damaged clip", "damaged_clip", Scenario::CorruptClip),
+        ("3. too few rows", "too_few_rows", Scenario::TooFewRows),
     ] {
-        let root = tempfile::tempdir()?;
-        println!("{title} (in {})", root.path().display());
-        let outcome = run(root.path(), scenario)?;
+        let temp = tempfile::tempdir()?;
+        let root = match &keep {
+            Some(dir) => {
+                let root = dir.join(folder);
+                if root.exists() {
+                    return Err(GuardrailError::config(
+                        "--keep",
+                        format!("{} exists already; name a new folder", root.display()),
+                    ));
+                }
+                fs::create_dir_all(&root)?;
+                root
+            }
+            None => temp.path().to_path_buf(),
+        };
+        println!("{title} (in {})", root.display());
+        let outcome = run(&root, scenario)?;
         describe(&outcome);
         println!(
             "  run {}: {}\n",

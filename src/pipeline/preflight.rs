@@ -278,6 +278,8 @@ pub(crate) struct Preflighter<'a> {
     pub(crate) committed: Option<(&'a RunRegistry, &'a RunId)>,
     pub(crate) monitor: &'a ResourceMonitor,
     pub(crate) checker: &'a DataIntegrityChecker,
+    /// The committed stages of the run, read once for all the stages preflighted together.
+    pub(crate) committed_cache: std::cell::OnceCell<BTreeSet<String>>,
 }
 
 impl PipelineGuardrails {
@@ -304,6 +306,7 @@ impl PipelineGuardrails {
             committed: Some((&self.registry, &self.run)),
             monitor: &self.monitor,
             checker: &self.checker,
+            committed_cache: std::cell::OnceCell::new(),
         }
     }
 }
@@ -314,6 +317,16 @@ impl PipelinePlan {
     /// (without a registry or a run, no upstream stage counts as committed). Reports for
     /// `stages`, or for every stage upstream first when `stages` is empty.
     pub fn preflight(&self, stages: &[&str]) -> Result<Vec<PreflightReport>> {
+        self.preflight_with_progress(stages, |_| {})
+    }
+
+    /// [`preflight`](Self::preflight), calling `progress` with each stage's name before
+    /// its checks start (a progress bar's hook).
+    pub fn preflight_with_progress(
+        &self,
+        stages: &[&str],
+        mut progress: impl FnMut(&str),
+    ) -> Result<Vec<PreflightReport>> {
         let monitor = ResourceMonitor::new(self.resources.clone())?;
         let checker = DataIntegrityChecker::new();
         let registry = if self.registry.exists() {
@@ -335,13 +348,20 @@ impl PipelinePlan {
             committed: registry.as_ref().zip(run.as_ref()),
             monitor: &monitor,
             checker: &checker,
+            committed_cache: std::cell::OnceCell::new(),
         };
         let names: Vec<&str> = if stages.is_empty() {
             self.order.iter().map(String::as_str).collect()
         } else {
             stages.to_vec()
         };
-        names.into_iter().map(|s| p.stage(s)).collect()
+        names
+            .into_iter()
+            .map(|s| {
+                progress(s);
+                p.stage(s)
+            })
+            .collect()
     }
 }
 
@@ -349,23 +369,50 @@ impl Preflighter<'_> {
     pub(crate) fn stage(&self, stage: &str) -> Result<PreflightReport> {
         let spec = self.plan.stage(stage)?;
         let mut report = PreflightReport::new(stage);
-        self.preflight_resources(spec, &mut report);
-        self.preflight_prerequisites(spec, &mut report);
+        // An input that is an upstream output is read once, checked against both specs.
+        let mut merged: BTreeMap<&str, (&str, &str, DataSpec)> = BTreeMap::new();
         for (name, input) in &spec.inputs {
+            let producer = spec.depends_on.iter().find_map(|dep| {
+                let up = self.plan.stage(dep).ok()?;
+                up.outputs.iter().find_map(|(o, out)| {
+                    input
+                        .merged_with(out)
+                        .map(|m| (dep.as_str(), o.as_str(), m))
+                })
+            });
+            if let Some(p) = producer {
+                merged.insert(name.as_str(), p);
+            }
+        }
+        self.preflight_resources(spec, &mut report);
+        let read_as_inputs: BTreeSet<(&str, &str)> =
+            merged.values().map(|(dep, o, _)| (*dep, *o)).collect();
+        self.preflight_prerequisites(spec, &read_as_inputs, &mut report);
+        for (name, input) in &spec.inputs {
+            let producer = merged.get(name.as_str());
             let data = check_data(
                 self.checker,
                 name,
-                input,
+                producer.map_or(input, |(_, _, m)| m),
                 &input.path,
                 &wanted_columns(spec, name),
             );
             let failing: Vec<&Report> = data.reports.iter().filter(|r| fails(r)).collect();
             // A folder feeding a stage that skips bad items: its bad files are the items the
             // body will quarantine, so they warn; only a folder with nothing good fails.
+            // An upstream stage's committed output is whole or it is not a prerequisite.
             let tolerated = spec.on_validation == OnValidation::Skip
                 && is_folder(input)
+                && producer.is_none()
                 && failing.len() < data.reports.len();
-            if tolerated && !failing.is_empty() {
+            if let (Some((dep, output, _)), Some(e)) = (producer, data.first_error()) {
+                report.error(
+                    "prerequisite",
+                    dep,
+                    format!("output {output} of stage {dep} (input {name} here): {e}"),
+                    e.class(),
+                );
+            } else if tolerated && !failing.is_empty() {
                 let names: Vec<String> = failing
                     .iter()
                     .take(5)
@@ -474,7 +521,14 @@ impl Preflighter<'_> {
         }
     }
 
-    fn preflight_prerequisites(&self, spec: &StageSpec, report: &mut PreflightReport) {
+    /// Each upstream stage committed, and its outputs still valid; those in
+    /// `read_as_inputs` (`(stage, output)`) are checked with the inputs they feed instead.
+    fn preflight_prerequisites(
+        &self,
+        spec: &StageSpec,
+        read_as_inputs: &BTreeSet<(&str, &str)>,
+        report: &mut PreflightReport,
+    ) {
         if spec.depends_on.is_empty() {
             return;
         }
@@ -483,12 +537,18 @@ impl Preflighter<'_> {
                 BTreeSet::new(),
                 "(none: the registry holds no run of this pipeline)".to_string(),
             ),
-            Some((registry, run)) => match committed_stages(registry, run) {
-                Ok(c) => (c, run.to_string()),
-                Err(e) => {
-                    report.error("prerequisite", "registry", e.to_string(), e.class());
-                    return;
-                }
+            Some((registry, run)) => match self.committed_cache.get() {
+                Some(c) => (c.clone(), run.to_string()),
+                None => match committed_stages(registry, run) {
+                    Ok(c) => {
+                        let _ = self.committed_cache.set(c.clone());
+                        (c, run.to_string())
+                    }
+                    Err(e) => {
+                        report.error("prerequisite", "registry", e.to_string(), e.class());
+                        return;
+                    }
+                },
             },
         };
         for dep in &spec.depends_on {
@@ -505,6 +565,9 @@ impl Preflighter<'_> {
             };
             // Re-validated, not trusted: a file replaced since its commit fails here.
             for (name, output) in &upstream.outputs {
+                if read_as_inputs.contains(&(dep.as_str(), name.as_str())) {
+                    continue;
+                }
                 let data = check_data(self.checker, name, output, &output.path, &BTreeSet::new());
                 if let Some(e) = data.first_error() {
                     report.error(

@@ -341,6 +341,7 @@ impl std::fmt::Debug for PipelineGuardrails {
             .field("registry", &self.plan.registry)
             .field("stages", &self.plan.order)
             .field("fallbacks", &self.fallbacks.keys().collect::<Vec<_>>())
+            .field("classifier", &self.classifier.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -174,6 +174,71 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl DataSpec {
+    /// One spec holding both this (a stage's input) and `producer` (the upstream output at
+    /// the same path), so preflight reads the file once for both; `None` when they cannot
+    /// be one check (different kinds, or the same key with different values where neither
+    /// bound is simply the stricter one).
+    pub(crate) fn merged_with(&self, producer: &DataSpec) -> Option<DataSpec> {
+        fn union(a: &[String], b: &[String]) -> Vec<String> {
+            let mut out = a.to_vec();
+            out.extend(b.iter().filter(|x| !a.contains(x)).cloned());
+            out
+        }
+        /// Both, or the one given; `None` in the outer option when they differ.
+        fn same<T: Clone + PartialEq>(a: &Option<T>, b: &Option<T>) -> Option<Option<T>> {
+            match (a, b) {
+                (Some(x), Some(y)) if x != y => None,
+                _ => Some(a.clone().or_else(|| b.clone())),
+            }
+        }
+        fn same_list(a: &[String], b: &[String]) -> Option<Vec<String>> {
+            match (a.is_empty(), b.is_empty()) {
+                (false, false) if a != b => None,
+                (true, _) => Some(b.to_vec()),
+                _ => Some(a.to_vec()),
+            }
+        }
+        if self.kind != producer.kind || self.path != producer.path {
+            return None;
+        }
+        let mut allowed = self.allowed.clone();
+        for (column, a) in &producer.allowed {
+            match allowed.get(column) {
+                Some(mine) if mine != a => return None,
+                _ => {
+                    allowed.insert(column.clone(), a.clone());
+                }
+            }
+        }
+        Some(DataSpec {
+            path: self.path.clone(),
+            kind: self.kind,
+            required_columns: union(&self.required_columns, &producer.required_columns),
+            not_null: union(&self.not_null, &producer.not_null),
+            unique: union(&self.unique, &producer.unique),
+            allowed,
+            paths_exist: same(&self.paths_exist, &producer.paths_exist)?,
+            min_rows: self.min_rows.max(producer.min_rows),
+            max_rows: match (self.max_rows, producer.max_rows) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            allow_empty: self.allow_empty && producer.allow_empty,
+            dtypes: same_list(&self.dtypes, &producer.dtypes)?,
+            rank: same(&self.rank, &producer.rank)?,
+            finite: self.finite || producer.finite,
+            codecs: same_list(&self.codecs, &producer.codecs)?,
+            min_duration: self.min_duration.max(producer.min_duration),
+            min_frames: self.min_frames.max(producer.min_frames),
+            decode: self.decode || producer.decode,
+            // Every file when either side checks every file.
+            sample: match (self.sample, producer.sample) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            },
+        })
+    }
+
     /// A table at `path`.
     pub fn table(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -998,5 +1063,50 @@ pub(crate) fn dependency_order(
             Some(n) => at = n.as_str(),
             None => return Err(path),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_and_its_producer_merge_into_the_stricter_check_or_not_at_all() {
+        let producer = DataSpec::table("t.parquet")
+            .with_required_columns(["id", "clip"])
+            .with_unique(["id"]);
+        let mut input = DataSpec::table("t.parquet").with_required_columns(["id", "score"]);
+        input.min_rows = Some(10);
+        let mut strict = producer.clone();
+        strict.min_rows = Some(100);
+        strict.max_rows = Some(5_000);
+        let merged = input.merged_with(&strict).unwrap();
+        assert_eq!(merged.required_columns, ["id", "score", "clip"]);
+        assert_eq!(merged.unique, ["id"]);
+        assert_eq!((merged.min_rows, merged.max_rows), (Some(100), Some(5_000)));
+
+        // Two different path columns, dtypes or kinds cannot be one check.
+        let mut a = input.clone();
+        a.paths_exist = Some("clip".into());
+        let mut b = producer.clone();
+        b.paths_exist = Some("video".into());
+        assert!(a.merged_with(&b).is_none());
+        let f32s = DataSpec::features("f").with_dtypes(["float32"]);
+        assert!(
+            f32s.merged_with(&DataSpec::features("f").with_dtypes(["float64"]))
+                .is_none()
+        );
+        assert!(
+            input
+                .merged_with(&DataSpec::features("t.parquet"))
+                .is_none()
+        );
+        // A sampled side and an every-file side: every file.
+        let mut sampled = DataSpec::videos("v");
+        sampled.sample = Some(0.1);
+        assert_eq!(
+            sampled.merged_with(&DataSpec::videos("v")).unwrap().sample,
+            None
+        );
     }
 }

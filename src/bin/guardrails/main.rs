@@ -111,12 +111,17 @@ fn init_tracing(verbose: u8, quiet: u8) {
     use tracing_subscriber::EnvFilter;
     // Without -v the CLI prints every integrity finding and JSON-guard problem itself, in
     // its report; the library's events for the same findings would say each one twice.
+    // mp4parse's notes on fields it reads leniently are not findings of the file.
     let level = match (verbose, quiet) {
-        (0, 0) => "warn,guardrails::integrity=off,guardrails::json_guard=off",
+        (0, 0) => {
+            "warn,guardrails::integrity=off,guardrails::json_guard=off,guardrails::pipeline=off,mp4parse=off"
+        }
         (1, _) => "info",
         (2, _) => "debug",
         (v, _) if v >= 3 => "trace",
-        (_, 1) => "error,guardrails::integrity=off,guardrails::json_guard=off",
+        (_, 1) => {
+            "error,guardrails::integrity=off,guardrails::json_guard=off,guardrails::pipeline=off,mp4parse=off"
+        }
         _ => "off",
     };
     // RUST_LOG, when set, wins: it is how users ask for one module's logs.

@@ -37,16 +37,17 @@ pub(crate) fn preflight(args: PreflightArgs, out: &Output) -> Status {
         } else {
             args.stages.iter().map(String::as_str).collect()
         };
-        // One stage at a time, so the bar moves while inputs are validated.
+        // The bar moves stage by stage while inputs are validated.
         let bar = crate::validate_cmd::progress(names.len().max(2), out);
-        let mut reports = Vec::with_capacity(names.len());
-        for name in names {
+        let mut started = false;
+        let reports = plan.preflight_with_progress(&names, |name| {
+            if std::mem::replace(&mut started, true) {
+                bar.inc(1);
+            }
             bar.set_message(format!("stage {name}"));
-            reports.extend(plan.preflight(&[name])?);
-            bar.inc(1);
-        }
+        });
         bar.finish_and_clear();
-        Ok(reports)
+        reports
     });
     let reports = match result {
         Ok(r) => r,
