@@ -1057,3 +1057,51 @@ fn a_user_error_is_classified_by_the_users_classifier() {
         csv(4)
     );
 }
+
+#[test]
+fn a_stage_has_its_own_resource_limits() {
+    let toml = |b_limit: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "limits"
+
+[resources]
+min_free_disk_bytes = 1048576
+max_disk_bytes = 4611686018427387903
+max_memory_bytes = 4611686018427387903
+
+[stages.a]
+outputs.t = {{ path = "a.csv" }}
+
+[stages.b]
+outputs.t = {{ path = "b.csv" }}
+resources.{b_limit}
+"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    // One byte of memory: no machine meets it, so only b is refused.
+    std::fs::write(&path, toml("max_memory_bytes = 1")).unwrap();
+    let plan = PipelinePlan::from_path(&path).unwrap();
+    let reports = plan.preflight(&[]).unwrap();
+    let report = |s: &str| reports.iter().find(|r| r.stage == s).unwrap();
+    assert!(report("a").ok, "{:?}", report("a"));
+    let b = report("b");
+    assert!(!b.ok);
+    assert!(
+        b.errors
+            .iter()
+            .any(|e| e.check == "resources" && e.subject == "memory"),
+        "{b:?}"
+    );
+
+    std::fs::write(&path, toml("max_cpu_percent = -5.0")).unwrap();
+    let err = PipelinePlan::from_path(&path).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stages.b.resources.max_cpu_percent"),
+        "{err}"
+    );
+}

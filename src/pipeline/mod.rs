@@ -248,6 +248,13 @@ impl PipelineBuilder {
         self.resources
             .validate()
             .map_err(|e| crate::config::in_section("resources", e))?;
+        for (name, stage) in &self.stages {
+            stage
+                .resources
+                .limits(&self.resources)
+                .validate()
+                .map_err(|e| crate::config::in_section(&format!("stages.{name}.resources"), e))?;
+        }
         let order = spec::dependency_order(&self.stages).map_err(|cycle| {
             GuardrailError::config(
                 "stages",

@@ -480,7 +480,8 @@ impl Preflighter<'_> {
         paths.extend(output_dirs.iter().cloned());
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let snapshot = self.monitor.snapshot_with(&refs);
-        for v in snapshot.check(&self.plan.resources) {
+        let limits = spec.resources.limits(&self.plan.resources);
+        for v in snapshot.check(&limits) {
             let message = v.to_error().to_string();
             match v.severity {
                 Severity::Warning => report.warning("resources", &v.resource, message),
@@ -489,7 +490,7 @@ impl Preflighter<'_> {
             }
         }
         if let Some(expected) = spec.resources.expected_output_bytes {
-            let need = expected.saturating_add(self.plan.resources.min_free_disk_bytes);
+            let need = expected.saturating_add(limits.min_free_disk_bytes);
             for disk in &snapshot.disks {
                 if !output_dirs.iter().any(|d| d == disk.path()) {
                     continue;
@@ -500,7 +501,7 @@ impl Preflighter<'_> {
                         &disk.path().display().to_string(),
                         format!(
                             "{free} bytes free, the outputs need {expected} bytes beyond the {} bytes kept free",
-                            self.plan.resources.min_free_disk_bytes
+                            limits.min_free_disk_bytes
                         ),
                         ErrorClass::Recoverable,
                     ),

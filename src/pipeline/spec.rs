@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::GuardrailError;
 use crate::integrity::{AllowedValues, FeatureCheck, TableCheck, VideoCheck};
+use crate::resource::ResourceLimits;
 
 /// `[pipeline]`: the pipeline's name and where it keeps its files.
 ///
@@ -669,7 +670,7 @@ pub enum OnValidation {
 }
 
 /// What a stage needs from the machine (`[stages.NAME.resources]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct StageResources {
@@ -680,6 +681,51 @@ pub struct StageResources {
     /// beyond `[resources] min_free_disk_bytes` (old and new outputs coexist until commit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_output_bytes: Option<u64>,
+    /// This stage's own limit, in place of `[resources]`'s (the training stage may take the
+    /// GPU's memory that the others must leave free).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// This stage's own limit, in place of `[resources]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_disk_bytes: Option<u64>,
+    /// This stage's own limit, in place of `[resources]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<f64>,
+    /// This stage's own limit, in place of `[resources]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_open_files: Option<u64>,
+    /// This stage's own limit, in place of `[resources]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_disk_bytes: Option<u64>,
+    /// This stage's own limit, in place of `[resources]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_gpu_memory_bytes: Option<u64>,
+}
+
+impl StageResources {
+    /// The limits this stage is judged against: `base` (`[resources]`) with this stage's
+    /// own limits in place.
+    ///
+    /// ```
+    /// use guardrails::pipeline::StageResources;
+    /// use guardrails::resource::ResourceLimits;
+    ///
+    /// let mut train = StageResources::default();
+    /// train.max_gpu_memory_bytes = Some(70 << 30);
+    /// let base = ResourceLimits::new().with_max_gpu_memory_bytes(8 << 30);
+    /// assert_eq!(train.limits(&base).max_gpu_memory_bytes, 70 << 30);
+    /// assert_eq!(train.limits(&base).max_memory_bytes, base.max_memory_bytes);
+    /// ```
+    pub fn limits(&self, base: &ResourceLimits) -> ResourceLimits {
+        let mut l = base.clone();
+        l.max_memory_bytes = self.max_memory_bytes.unwrap_or(l.max_memory_bytes);
+        l.max_disk_bytes = self.max_disk_bytes.unwrap_or(l.max_disk_bytes);
+        l.max_cpu_percent = self.max_cpu_percent.unwrap_or(l.max_cpu_percent);
+        l.max_open_files = self.max_open_files.unwrap_or(l.max_open_files);
+        l.min_free_disk_bytes = self.min_free_disk_bytes.unwrap_or(l.min_free_disk_bytes);
+        l.max_gpu_memory_bytes = self.max_gpu_memory_bytes.unwrap_or(l.max_gpu_memory_bytes);
+        l
+    }
 }
 
 /// One stage (`[stages.NAME]`): dependencies, inputs, outputs, needs, gates and how its
@@ -689,7 +735,7 @@ pub struct StageResources {
 /// |---|---|---|
 /// | `depends_on` | `[]` | stages that must be committed (and still valid) first |
 /// | `inputs.X`, `outputs.X` | | a [`DataSpec`] each; at least one output |
-/// | `resources` | | [`StageResources`] |
+/// | `resources` | | [`StageResources`]: check paths, expected output size, and the stage's own limits in place of `[resources]` |
 /// | `gates.G` | | a [`GateSpec`] each |
 /// | `timeout` | none | the body's deadline, e.g. `"10m"` |
 /// | `retry` | `false` | retry the body on retryable errors under `[retry]` |
