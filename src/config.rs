@@ -180,6 +180,7 @@ impl GuardrailsConfig {
         for (name, c) in &self.caches {
             sections.push((format!("caches.{name}"), c.validate()));
         }
+        #[cfg_attr(not(all(feature = "pipeline", unix)), allow(unused_mut))]
         let mut problems: Vec<GuardrailError> = sections
             .into_iter()
             .filter_map(|(name, result)| result.err().map(|e| in_section(&name, e)))

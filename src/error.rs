@@ -444,6 +444,7 @@ impl GuardrailError {
     /// The caller's own error (an [`External`](Self::External), under any context) given
     /// the class `classify` says, where it says one: a user classifier that knows the
     /// caller's error types better than the class chosen when it was wrapped.
+    #[cfg_attr(not(all(feature = "pipeline", unix)), allow(dead_code))]
     pub(crate) fn reclassify_external(self, classify: &UserClassifier) -> Self {
         match self {
             Self::External(mut e) => {
@@ -927,6 +928,7 @@ impl<T, E: Into<GuardrailError>> ResultExt<T> for std::result::Result<T, E> {
 
 /// The text of a caught panic's payload (`panic!("…")` gives a `&str` or a `String`), for
 /// the error that reports it.
+#[cfg_attr(not(all(feature = "pipeline", unix)), allow(dead_code))]
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()

@@ -88,6 +88,7 @@ pub mod pipeline;
 pub mod process;
 pub mod resilience;
 pub mod resource;
+pub mod state;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

@@ -878,24 +878,34 @@ fn store_context(e: GuardrailError, path: &Path, operation: &str) -> GuardrailEr
 
 /// An SQLite error, classified: busy past the timeout is retryable, a full disk
 /// recoverable, anything else (damage, not a database, permissions) fatal.
-pub(super) fn sql_error(path: &Path, operation: &str, e: rusqlite::Error) -> GuardrailError {
+pub(crate) fn sql_error(path: &Path, operation: &str, e: rusqlite::Error) -> GuardrailError {
+    sql_error_of("registry", path, operation, e)
+}
+
+/// An SQLite error of the database `what` (`"registry"`, `"state store"`), classified.
+pub(crate) fn sql_error_of(
+    what: &str,
+    path: &Path,
+    operation: &str,
+    e: rusqlite::Error,
+) -> GuardrailError {
     use rusqlite::ErrorCode as C;
     let (class, reason) = match e.sqlite_error_code() {
         Some(C::DatabaseBusy | C::DatabaseLocked) => (
             ErrorClass::Retryable,
-            "another process held the registry past the busy timeout".to_string(),
+            format!("another process held the {what} past the busy timeout"),
         ),
         Some(C::DiskFull) => (
             ErrorClass::Recoverable,
-            "the disk holding the registry is full".to_string(),
+            format!("the disk holding the {what} is full"),
         ),
         Some(C::NotADatabase) => (
             ErrorClass::Fatal,
-            "the file is not an SQLite database (overwritten or not a registry)".to_string(),
+            format!("the file is not an SQLite database (overwritten or not a {what})"),
         ),
         Some(C::DatabaseCorrupt) => (
             ErrorClass::Fatal,
-            "the registry file is damaged (truncated or overwritten)".to_string(),
+            format!("the {what} file is damaged (truncated or overwritten)"),
         ),
         _ => (ErrorClass::Fatal, e.to_string()),
     };
