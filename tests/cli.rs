@@ -764,3 +764,103 @@ fn gates_shows_the_latest_results_and_exits_1_on_a_failed_mandatory_gate() {
     let out = guardrails(&["gates", &cfg, "--run", "no-such-run"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+fn once(dir: &Path, key: &str, script: &str) -> Output {
+    let store = dir.join("state.db");
+    Command::new(env!("CARGO_BIN_EXE_guardrails"))
+        .current_dir(dir)
+        .args([
+            "once",
+            "--key",
+            key,
+            "--store",
+            store.to_str().unwrap(),
+            "--",
+        ])
+        .args(["sh", "-c", script])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the guardrails binary runs")
+}
+
+#[test]
+fn once_runs_a_command_once_per_key_and_replays_its_output_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo ran >> runs.log; echo \"fence $GUARDRAILS_FENCE\"; exit 3";
+    let first = once(dir.path(), "report:2026-12-07", script);
+    assert_eq!(first.status.code(), Some(3), "{first:?}");
+    assert_eq!(String::from_utf8_lossy(&first.stdout), "fence 1\n");
+    for _ in 0..2 {
+        let again = once(dir.path(), "report:2026-12-07", script);
+        assert_eq!(again.status.code(), Some(3), "{again:?}");
+        assert_eq!(String::from_utf8_lossy(&again.stdout), "fence 1\n");
+    }
+    let runs = std::fs::read_to_string(dir.path().join("runs.log")).unwrap();
+    assert_eq!(runs, "ran\n", "the command ran once");
+
+    // Another key runs; the same key with another command is refused.
+    let other = once(dir.path(), "report:2026-12-08", script);
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "fence 2\n");
+    let mismatch = once(dir.path(), "report:2026-12-07", "echo different");
+    assert_eq!(mismatch.status.code(), Some(2), "{mismatch:?}");
+    assert!(String::from_utf8_lossy(&mismatch.stderr).contains("another command"));
+
+    // A command that cannot start did not run: usage error, and the key stays free.
+    let store = dir.path().join("state.db");
+    let missing = Command::new(env!("CARGO_BIN_EXE_guardrails"))
+        .args([
+            "once",
+            "--key",
+            "k",
+            "--store",
+            store.to_str().unwrap(),
+            "--",
+        ])
+        .arg("/definitely/not/a/program")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    let ok = once(dir.path(), "k", "echo now");
+    assert_eq!(ok.status.code(), Some(0), "k was released: {ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "now\n");
+}
+
+#[test]
+fn once_exits_75_while_another_worker_holds_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("state.db");
+    let script = "touch started; i=0; while [ ! -e go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo done";
+    let mut first = Command::new(env!("CARGO_BIN_EXE_guardrails"))
+        .current_dir(dir.path())
+        .args([
+            "once",
+            "--key",
+            "train",
+            "--store",
+            store.to_str().unwrap(),
+            "--",
+        ])
+        .args(["sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded wait for the first worker's command to start (it claimed the key before).
+    for _ in 0..400 {
+        if dir.path().join("started").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let second = once(dir.path(), "train", script);
+    assert_eq!(second.status.code(), Some(75), "{second:?}");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("retry after"),
+        "{second:?}"
+    );
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&first.stdout), "done\n");
+    let replay = once(dir.path(), "train", script);
+    assert_eq!(String::from_utf8_lossy(&replay.stdout), "done\n");
+}

@@ -1,7 +1,8 @@
 //! `guardrails`: the command-line face of the library, for scripts and CI.
 //!
 //! Exit codes are a contract: 0 all good, 1 a check failed, 2 bad usage or config, 3 nothing
-//! failed but a file could not be verified (it uses a feature the checker cannot read).
+//! failed but a file could not be verified (it uses a feature the checker cannot read);
+//! `once` exits with its command's code, or 75 (EX_TEMPFAIL) to say "try again later".
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod config_cmd;
 mod health_cmd;
 mod json_cmd;
+mod once_cmd;
 mod output;
 mod pipeline_cmd;
 mod runs_cmd;
@@ -55,6 +57,9 @@ enum Command {
     /// Show the gate results recorded for a run of a declared pipeline. Exit 0 no
     /// mandatory gate failed, 1 one did, 2 usage, config or unknown run.
     Gates(pipeline_cmd::GatesArgs),
+    /// Run a command once per key across every worker sharing the store: a later call
+    /// replays its stdout and exit code; exit 75 while another worker runs it.
+    Once(once_cmd::OnceArgs),
     /// Read a pipeline's run registry: runs, stage attempts, artifacts, consistency.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
         Command::Json(args) => json_cmd::run(args, &out),
         Command::Preflight(args) => pipeline_cmd::preflight(args, &out),
         Command::Gates(args) => pipeline_cmd::gates(args, &out),
+        Command::Once(args) => return once_cmd::run(args),
         Command::Runs(cmd) => runs_cmd::run(cmd, &out),
         Command::Validate(cmd) => validate_cmd::run(cmd, &out),
     };
