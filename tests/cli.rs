@@ -830,7 +830,7 @@ fn once_exits_75_while_another_worker_holds_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("state.db");
     let script = "touch started; i=0; while [ ! -e go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo done";
-    let mut first = Command::new(env!("CARGO_BIN_EXE_guardrails"))
+    let first = Command::new(env!("CARGO_BIN_EXE_guardrails"))
         .current_dir(dir.path())
         .args([
             "once",
