@@ -1,8 +1,10 @@
 //! Exactly-once side effects: claim, run with a fence, complete by compare-and-set.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -167,6 +169,7 @@ pub struct Idempotency {
     config: IdempotencyConfig,
     owner: String,
     cache: Option<LruTtlCache<String, CompletedKey>>,
+    renewer: Arc<Renewer>,
 }
 
 impl Idempotency {
@@ -191,6 +194,7 @@ impl Idempotency {
             owner: owner_id(),
             config,
             cache,
+            renewer: Arc::new(Renewer::default()),
         }
     }
 
@@ -325,33 +329,148 @@ impl Idempotency {
         }
     }
 
-    /// Runs `f` while a thread renews the lease every third of it.
+    /// Runs `f` while the renewer thread extends the lease every third of it.
     fn with_renewal<R>(&self, key: &str, fence: Fence, f: impl FnOnce() -> R) -> R {
-        let every = self.config.lease / 3;
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    match self.store.renew(key, fence, self.config.lease) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(
-                                key,
-                                fence = fence.0,
-                                "lease lost: another worker took the key over"
-                            );
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(key, error = %e.report(), "lease renewal failed");
-                        }
+        let _registered = self
+            .renewer
+            .register(&self.store, key, fence, self.config.lease);
+        f()
+    }
+}
+
+impl Drop for Idempotency {
+    fn drop(&mut self) {
+        self.renewer.shut_down();
+    }
+}
+
+/// Extends the leases of the claims whose effects are running, from one thread per
+/// [`Idempotency`] started on first use: a claim costs a map entry, not a thread.
+#[derive(Debug, Default)]
+struct Renewer {
+    state: Mutex<RenewState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct RenewState {
+    active: HashMap<u64, Active>,
+    next_id: u64,
+    started: bool,
+    shutdown: bool,
+}
+
+#[derive(Debug)]
+struct Active {
+    key: String,
+    fence: Fence,
+    due: Instant,
+    every: Duration,
+    lease: Duration,
+}
+
+/// Takes a claim off the renewer when its effect returns (or panics).
+struct Registered<'a> {
+    renewer: &'a Arc<Renewer>,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.renewer.state.lock().active.remove(&self.id);
+    }
+}
+
+impl Renewer {
+    fn register<'a>(
+        self: &'a Arc<Self>,
+        store: &Arc<dyn StateStore>,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+    ) -> Registered<'a> {
+        let every = lease / 3;
+        let mut state = self.state.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.active.insert(
+            id,
+            Active {
+                key: key.to_string(),
+                fence,
+                due: Instant::now() + every,
+                every,
+                lease,
+            },
+        );
+        if !state.started {
+            state.started = true;
+            let (me, store) = (Arc::clone(self), Arc::clone(store));
+            let spawned = std::thread::Builder::new()
+                .name("guardrails-lease-renewer".into())
+                .spawn(move || me.run(store.as_ref()));
+            if let Err(e) = spawned {
+                // Without the thread leases still hold for their length; long effects may
+                // be taken over, which the fence makes safe.
+                tracing::warn!(error = %e, "cannot start the lease renewer");
+            }
+        }
+        self.wake.notify_one();
+        Registered { renewer: self, id }
+    }
+
+    fn shut_down(&self) {
+        self.state.lock().shutdown = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self, store: &dyn StateStore) {
+        let mut state = self.state.lock();
+        loop {
+            if state.shutdown {
+                return;
+            }
+            let now = Instant::now();
+            let due: Vec<(u64, String, Fence, Duration)> = state
+                .active
+                .iter()
+                .filter(|(_, a)| a.due <= now)
+                .map(|(id, a)| (*id, a.key.clone(), a.fence, a.lease))
+                .collect();
+            if due.is_empty() {
+                match state.active.values().map(|a| a.due).min() {
+                    Some(next) => {
+                        self.wake.wait_until(&mut state, next);
                     }
+                    None => self.wake.wait(&mut state),
                 }
-            });
-            let out = f();
-            drop(stop);
-            out
-        })
+                continue;
+            }
+            drop(state);
+            let mut lost = Vec::new();
+            for (id, key, fence, lease) in &due {
+                match store.renew(key, *fence, *lease) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            key,
+                            fence = fence.0,
+                            "lease lost: another worker took the key over"
+                        );
+                        lost.push(*id);
+                    }
+                    Err(e) => tracing::warn!(key, error = %e.report(), "lease renewal failed"),
+                }
+            }
+            state = self.state.lock();
+            for (id, ..) in &due {
+                if lost.contains(id) {
+                    state.active.remove(id);
+                } else if let Some(a) = state.active.get_mut(id) {
+                    a.due = Instant::now() + a.every;
+                }
+            }
+        }
     }
 }
 
