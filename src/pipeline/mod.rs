@@ -26,11 +26,14 @@
 //!
 //! ```
 //! use guardrails::pipeline::{DataSpec, GateSpec, PipelineGuardrails, StageSpec};
+//! use guardrails::resource::ResourceLimits;
 //! use std::io::Write;
 //!
 //! let root = tempfile::tempdir()?;
 //! let plan = PipelineGuardrails::builder("etl")
 //!     .root(root.path())
+//!     // A toy stage: 1 MiB free is enough (the default keeps 50 GB free).
+//!     .resources(ResourceLimits::new().with_min_free_disk_bytes(1 << 20))
 //!     .stage(
 //!         "extract",
 //!         StageSpec::new()
