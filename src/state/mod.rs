@@ -3,7 +3,7 @@
 //!
 //! Backends: [`MemoryStore`] (one process, tests) and [`SqliteStore`] (feature `durable`:
 //! one machine, several processes, survives restarts; the embedded default). Every backend
-//! keeps the same record per key and decides a claim with the same rules ([`decide`]), so
+//! keeps the same record per key and decides a claim with the same rules, so
 //! they differ only in where the record lives and how the read-decide-write is made atomic.
 //!
 //! # What exactly-once means here
