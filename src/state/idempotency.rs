@@ -255,24 +255,13 @@ impl Idempotency {
             Claim::Mismatch { stored } => return Ok(Outcome::Mismatch { stored }),
         };
         tracing::info!(key, fence = fence.0, takeover, "effect claimed");
-        let result = self.with_renewal(key, fence, || effect(fence));
+        // A result that cannot be stored fails like the effect did: recorded, not left to
+        // expire and run again.
+        let result = self
+            .with_renewal(key, fence, || effect(fence))
+            .and_then(|value| Ok((self.encode(key, &value)?, value)));
         match result {
-            Ok(value) => {
-                let bytes = serde_json::to_vec(&value)
-                    .map_err(|e| GuardrailError::external_with_class(e, ErrorClass::Fatal))?;
-                if bytes.len() > self.config.max_result_bytes {
-                    let e = GuardrailError::config(
-                        "idempotency.max_result_bytes",
-                        format!(
-                            "the result of {key} takes {} bytes, more than the {} stored",
-                            bytes.len(),
-                            self.config.max_result_bytes
-                        ),
-                    );
-                    self.store
-                        .fail(key, fence, &e.to_string(), self.config.ttl)?;
-                    return Err(e);
-                }
+            Ok((bytes, value)) => {
                 self.store.complete(key, fence, &bytes, self.config.ttl)?;
                 tracing::info!(key, fence = fence.0, "effect completed");
                 self.remember(key, fingerprint, bytes);
@@ -298,6 +287,22 @@ impl Idempotency {
                 Err(e)
             }
         }
+    }
+
+    fn encode<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| GuardrailError::external_with_class(e, ErrorClass::Fatal))?;
+        if bytes.len() > self.config.max_result_bytes {
+            return Err(GuardrailError::config(
+                "idempotency.max_result_bytes",
+                format!(
+                    "the result of {key} takes {} bytes, more than the {} stored",
+                    bytes.len(),
+                    self.config.max_result_bytes
+                ),
+            ));
+        }
+        Ok(bytes)
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T> {

@@ -114,7 +114,18 @@ pub(crate) fn gates(args: GatesArgs, out: &Output) -> Status {
             let Some(value) = a.metrics.get("gates") else {
                 continue;
             };
-            let gates: Vec<GateResult> = serde_json::from_value(value.clone()).unwrap_or_default();
+            // A record this build cannot read is reported, not shown as "no gates".
+            let gates: Vec<GateResult> =
+                serde_json::from_value(value.clone()).map_err(|e| GuardrailError::Store {
+                    store: plan.registry.display().to_string(),
+                    operation: format!(
+                        "read the gate results of {} attempt {}",
+                        a.stage, a.attempt
+                    ),
+                    reason: format!("the recorded gate results do not parse: {e}"),
+                    class: guardrails::ErrorClass::Fatal,
+                    source: None,
+                })?;
             latest.retain(|(s, _, _)| *s != a.stage);
             latest.push((a.stage, a.attempt, gates));
         }
