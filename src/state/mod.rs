@@ -17,6 +17,8 @@
 
 mod idempotency;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(all(feature = "durable", unix))]
 mod sqlite;
 
@@ -28,6 +30,11 @@ use crate::error::{ErrorClass, GuardrailError, Result};
 
 pub use idempotency::{Idempotency, IdempotencyConfig, Outcome, fingerprint, key_from_json};
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::{
+    RedisConfig, RedisConnection, RedisSafety, RedisStore, SAFETY_CHECKS, SafetyFinding,
+    SafetyLevel, SafetyReport,
+};
 #[cfg(all(feature = "durable", unix))]
 pub use sqlite::SqliteStore;
 

@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub(crate) mod process;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use std::path::PathBuf;
 

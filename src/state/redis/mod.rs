@@ -1,0 +1,11 @@
+//! Guard state on Redis (feature `redis`): the connection every Redis-backed guard shares,
+//! the [`RedisStore`] backend of [`StateStore`](super::StateStore), and the [`RedisSafety`]
+//! check of the server itself.
+
+mod conn;
+mod safety;
+mod store;
+
+pub use conn::{RedisConfig, RedisConnection};
+pub use safety::{RedisSafety, SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport};
+pub use store::RedisStore;

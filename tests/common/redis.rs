@@ -1,0 +1,149 @@
+//! A real `redis-server` per test, on a free loopback port, stopped (SIGKILL) on drop.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One server. `args` are `redis-server` options (`--appendonly yes`, `--requirepass x`).
+pub(crate) struct RedisServer {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+/// A port nothing listens on now.
+pub(crate) fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    /// A server without persistence.
+    pub(crate) fn start() -> Self {
+        Self::with_args(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A server with `args` on top of a loopback port and a data dir of its own.
+    pub(crate) fn with_args(args: &[&str]) -> Self {
+        let mut s = Self {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            args: args.iter().map(|a| (*a).to_string()).collect(),
+        };
+        // Another test may take the port between our probe and the bind: try a few.
+        for _ in 0..5 {
+            s.port = free_port();
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("redis-server did not start on a free port: {}", s.log());
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "redis-server could not be started ({e}); the Redis tests need it: apt-get install redis-server"
+            ),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                self.child = None;
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        false
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url_with(self.password().as_deref())) else {
+            return false;
+        };
+        let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+            return false;
+        };
+        // A server loading its AOF answers LOADING: not ready yet.
+        redis::cmd("PING").query::<String>(&mut c).is_ok()
+    }
+
+    fn password(&self) -> Option<String> {
+        let i = self.args.iter().position(|a| a == "--requirepass")?;
+        self.args.get(i + 1).cloned()
+    }
+
+    /// `redis://127.0.0.1:PORT/0`, no password.
+    pub(crate) fn url(&self) -> String {
+        self.url_with(None)
+    }
+
+    /// The URL with `password` for AUTH.
+    pub(crate) fn url_with(&self, password: Option<&str>) -> String {
+        match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// A plain connection for the test's own commands.
+    pub(crate) fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url_with(self.password().as_deref()))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
+
+    /// SIGKILLs the server (its data dir stays, so `restart` reads its AOF).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data dir.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn(), "redis-server did not restart: {}", self.log());
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        let p: PathBuf = self.dir.path().join("redis.log");
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

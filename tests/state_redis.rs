@@ -1,0 +1,570 @@
+//! Exactly-once effects on a real `redis-server` (each test starts its own): cached results
+//! and mismatches, leases held and taken over, stale fences refused, retried completions,
+//! AUTH without leaking the password, the server killed and back, `SCRIPT FLUSH`, a dropped
+//! connection, and races between 16 threads and between 8 processes.
+
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use guardrails::state::{
+    Claim, ClaimRequest, Fence, Idempotency, IdempotencyConfig, Outcome, RedisConfig, RedisStore,
+    StateStore,
+};
+use guardrails::{ErrorClass, GuardrailError, Result};
+
+fn config() -> IdempotencyConfig {
+    IdempotencyConfig::new()
+        .with_lease(Duration::from_secs(10))
+        .with_ttl(Duration::from_secs(3600))
+        .with_local_cache(0)
+}
+
+fn store(server: &RedisServer) -> Arc<RedisStore> {
+    Arc::new(RedisStore::connect(&server.url(), RedisConfig::default()).unwrap())
+}
+
+/// Moves the key's lease end into the past, as a worker stalled past its lease would see
+/// it: the server's clock cannot be advanced, the record can.
+fn age_lease(server: &RedisServer, key: &str) {
+    let mut c = server.client();
+    redis::cmd("HSET")
+        .arg(key)
+        .arg("l")
+        .arg("1")
+        .query::<i64>(&mut c)
+        .unwrap();
+}
+
+fn request<'a>(key: &'a str, owner: &'a str) -> ClaimRequest<'a> {
+    ClaimRequest {
+        key,
+        fingerprint: "p",
+        owner,
+        lease: Duration::from_secs(10),
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+#[test]
+fn a_completed_key_is_served_and_another_payload_is_a_mismatch() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let a = Idempotency::with_config(s.clone(), config()).unwrap();
+    let b = Idempotency::with_config(s, config()).unwrap();
+    let key = a.key("ledger", "row-1");
+    let runs = AtomicUsize::new(0);
+    let effect = |_: Fence| -> Result<u32> {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok(7)
+    };
+    assert_eq!(a.run(&key, "p1", effect).unwrap(), Outcome::Executed(7));
+    assert_eq!(b.run(&key, "p1", effect).unwrap(), Outcome::Cached(7));
+    assert_eq!(
+        b.run(&key, "p2", effect).unwrap(),
+        Outcome::Mismatch {
+            stored: "p1".into()
+        }
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // The key's Redis TTL is the record's: Redis forgets it by itself.
+    let mut c = server.client();
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut c).unwrap();
+    assert!((3_590_000..=3_600_000).contains(&ttl), "{ttl}");
+}
+
+#[test]
+fn a_live_lease_holds_and_an_expired_one_is_taken_over_with_a_higher_fence() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let a = Idempotency::with_config(s.clone(), config()).unwrap();
+    let b = Idempotency::with_config(s.clone(), config()).unwrap();
+    let key = a.key("charge", "card-5");
+    let outcome = a.run(&key, "p", |fence_a| -> Result<u64> {
+        match b.run(&key, "p", |_| -> Result<u64> { panic!("b must not run") })? {
+            Outcome::InProgress { retry_after } => {
+                assert!(
+                    retry_after > Duration::from_secs(9) && retry_after <= Duration::from_secs(10),
+                    "{retry_after:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // a stalls past its lease: b takes the key over and completes it.
+        age_lease(&server, &key);
+        let taken = b.run(&key, "p", |fence_b| {
+            assert!(fence_b > fence_a, "{fence_b} after {fence_a}");
+            Ok(fence_b.0)
+        })?;
+        assert!(matches!(taken, Outcome::Executed(_)), "{taken:?}");
+        Ok(fence_a.0)
+    });
+    let err = outcome.unwrap_err();
+    assert!(err.to_string().contains("no longer holds the key"), "{err}");
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    match b.run(&key, "p", |_| -> Result<u64> { Ok(0) }).unwrap() {
+        Outcome::Cached(fence) => assert!(fence > 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn fences_grow_across_release_and_expiry_and_a_retried_completion_is_accepted() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let key = "effect:t:1";
+    let Claim::Acquired { fence: f1, .. } = s.claim(&request(key, "w1")).unwrap() else {
+        panic!()
+    };
+    // The same owner asking again (its first answer lost) gets its own claim back.
+    assert_eq!(
+        s.claim(&request(key, "w1")).unwrap(),
+        Claim::Acquired {
+            fence: f1,
+            takeover: false
+        }
+    );
+    s.release(key, f1).unwrap();
+    let Claim::Acquired {
+        fence: f2,
+        takeover,
+    } = s.claim(&request(key, "w2")).unwrap()
+    else {
+        panic!()
+    };
+    assert!(f2 > f1 && !takeover, "{f2} after {f1}");
+    // The released fence can no longer finish the key.
+    let err = s
+        .complete(key, f1, b"late", Duration::from_secs(60))
+        .unwrap_err();
+    assert!(err.to_string().contains(&format!("fence {f1}")), "{err}");
+    assert!(err.to_string().contains(&format!("fence {f2}")), "{err}");
+    s.complete(key, f2, b"done", Duration::from_secs(60))
+        .unwrap();
+    // A completion retried after a lost answer succeeds without a write.
+    s.complete(key, f2, b"done", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        s.claim(&request(key, "w3")).unwrap(),
+        Claim::Completed {
+            result: b"done".to_vec()
+        }
+    );
+    // Renewal holds only for the live fence.
+    assert!(!s.renew(key, f2, Duration::from_secs(5)).unwrap());
+    // A key Redis forgot is claimed afresh with a fence above the old ones.
+    let mut c = server.client();
+    redis::cmd("DEL").arg(key).query::<i64>(&mut c).unwrap();
+    let Claim::Acquired { fence: f3, .. } = s.claim(&request(key, "w4")).unwrap() else {
+        panic!()
+    };
+    assert!(f3 > f2, "{f3} after {f2}");
+    assert!(s.renew(key, f3, Duration::from_secs(5)).unwrap());
+}
+
+#[derive(Debug)]
+struct Flaky;
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the ledger timed out")
+    }
+}
+impl std::error::Error for Flaky {}
+
+#[test]
+fn a_retryable_error_releases_the_claim_and_a_fatal_one_is_recorded() {
+    let server = RedisServer::start();
+    let fx = Idempotency::with_config(store(&server), config()).unwrap();
+    let key = fx.key("mail", "u1");
+    let err = fx
+        .run(&key, "p", |_| -> Result<()> {
+            Err(GuardrailError::external_with_class(
+                Flaky,
+                ErrorClass::Retryable,
+            ))
+        })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Retryable);
+    assert_eq!(fx.run(&key, "p", |_| Ok(1)).unwrap(), Outcome::Executed(1));
+    let key = fx.key("mail", "u2");
+    fx.run(&key, "p", |_| -> Result<()> {
+        Err(GuardrailError::external(Flaky))
+    })
+    .unwrap_err();
+    match fx.run(&key, "p", |_| Ok(1)).unwrap() {
+        Outcome::Failed { message } => assert!(message.contains("ledger timed out"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn auth_works_and_the_password_never_shows() {
+    let secret = "s3cret-pw-for-test";
+    let server = RedisServer::with_args(&["--save", "", "--requirepass", secret]);
+    let s = RedisStore::connect(&server.url_with(Some(secret)), RedisConfig::default()).unwrap();
+    assert!(matches!(
+        s.claim(&request("effect:a:1", "w")).unwrap(),
+        Claim::Acquired { .. }
+    ));
+    let shown = format!("{s:?} {:?}", s.connection());
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(
+        shown.contains(&format!("127.0.0.1:{}", server.port)),
+        "{shown}"
+    );
+
+    let wrong = "not-the-password";
+    let err = RedisStore::connect(&server.url_with(Some(wrong)), RedisConfig::default())
+        .and_then(|s| s.claim(&request("effect:a:2", "w")))
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal, "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(wrong), "{text}");
+    let err = RedisStore::connect(&server.url(), RedisConfig::default())
+        .and_then(|s| s.claim(&request("effect:a:3", "w")))
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("auth"), "{err}");
+}
+
+fn quick() -> RedisConfig {
+    RedisConfig::default()
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_response_timeout(Duration::from_millis(300))
+        .with_attempts(2)
+}
+
+#[test]
+fn redis_down_fails_closed_or_open_and_recovers_when_it_returns() {
+    let unreachable = format!("redis://127.0.0.1:{}/0", common::redis::free_port());
+    let err = RedisStore::connect(&unreachable, quick()).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+
+    let mut server = RedisServer::with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let s = Arc::new(RedisStore::connect(&server.url(), quick()).unwrap());
+    let closed = Idempotency::with_config(s.clone(), config()).unwrap();
+    let open = Idempotency::with_config(s.clone(), config().with_fail_open(true)).unwrap();
+    let done = closed.key("ledger", "before");
+    assert_eq!(
+        closed.run(&done, "p", |_| Ok(1)).unwrap(),
+        Outcome::Executed(1)
+    );
+
+    server.kill();
+    let runs = AtomicUsize::new(0);
+    let key = closed.key("ledger", "during");
+    let err = closed
+        .run(&key, "p", |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(2)
+        })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "fail closed: the effect did not run"
+    );
+    let outcome = open
+        .run(&key, "p", |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(2)
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::Executed(2));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "fail open: it ran unguarded"
+    );
+
+    // Back with its AOF: the completed key is still there and new claims work.
+    server.restart();
+    let mut answered = None;
+    for _ in 0..50 {
+        match closed.run(&done, "p", |_| Ok(9)) {
+            Ok(o) => {
+                answered = Some(o);
+                break;
+            }
+            Err(e) if e.class() == ErrorClass::Retryable => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(answered, Some(Outcome::Cached(1)));
+    assert_eq!(
+        closed.run(&key, "p", |_| Ok(3)).unwrap(),
+        Outcome::Executed(3)
+    );
+}
+
+#[test]
+fn scripts_reload_after_script_flush_and_a_dropped_connection_is_retried() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    assert!(matches!(
+        s.claim(&request("effect:f:1", "w")).unwrap(),
+        Claim::Acquired { .. }
+    ));
+    let mut c = server.client();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut c)
+        .unwrap();
+    assert!(matches!(
+        s.claim(&request("effect:f:2", "w")).unwrap(),
+        Claim::Acquired { .. }
+    ));
+    // Every other client's connection dropped, as a server idle timeout or a proxy does:
+    // the next operation still answers.
+    let me: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut c)
+        .unwrap();
+    assert!(killed >= 1 && me > 0, "{killed}");
+    assert!(matches!(
+        s.claim(&request("effect:f:3", "w")).unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
+
+/// 16 threads claim the same keys; every effect runs exactly once.
+#[test]
+fn sixteen_threads_run_each_effect_exactly_once() {
+    let server = RedisServer::start();
+    let store: Arc<dyn StateStore> = store(&server);
+    let keys = 1000;
+    let runs: Vec<AtomicUsize> = (0..keys).map(|_| AtomicUsize::new(0)).collect();
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let store = store.clone();
+            let runs = &runs;
+            s.spawn(move || {
+                let fx = Idempotency::with_config(store, config()).unwrap();
+                for i in 0..keys {
+                    let k = (i + t * 61) % keys;
+                    let key = fx.key("race", &k.to_string());
+                    loop {
+                        match fx.run(&key, "p", |_| {
+                            runs[k].fetch_add(1, Ordering::SeqCst);
+                            Ok(k)
+                        }) {
+                            Ok(Outcome::Executed(_) | Outcome::Cached(_)) => break,
+                            Ok(Outcome::InProgress { .. }) => std::thread::yield_now(),
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut counts = HashMap::new();
+    for r in &runs {
+        *counts.entry(r.load(Ordering::SeqCst)).or_insert(0) += 1;
+    }
+    assert_eq!(counts, HashMap::from([(1, keys)]));
+}
+
+#[test]
+#[ignore = "run by eight_processes_run_each_effect_exactly_once"]
+fn race_child() {
+    let url = std::env::var("STATE_URL").unwrap();
+    let log = std::env::var("STATE_LOG").unwrap();
+    let keys: usize = std::env::var("STATE_KEYS").unwrap().parse().unwrap();
+    let me: usize = std::env::var("STATE_ME").unwrap().parse().unwrap();
+    let s = RedisStore::connect(&url, RedisConfig::default()).unwrap();
+    let fx = Idempotency::with_config(Arc::new(s), config()).unwrap();
+    let mut ran = Vec::new();
+    for i in 0..keys {
+        let k = (i + me * 97) % keys;
+        let key = fx.key("race", &k.to_string());
+        loop {
+            match fx.run(&key, "p", |_| {
+                ran.push(k.to_string());
+                Ok(k)
+            }) {
+                Ok(Outcome::Executed(_) | Outcome::Cached(_)) => break,
+                Ok(Outcome::InProgress { .. }) => std::thread::yield_now(),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    std::fs::write(log, ran.join("\n")).unwrap();
+}
+
+#[test]
+fn eight_processes_run_each_effect_exactly_once() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = 1000;
+    let children: Vec<_> = (0..8)
+        .map(|me| {
+            common::process::rerun_ignored("race_child")
+                .env("STATE_URL", server.url())
+                .env("STATE_LOG", dir.path().join(format!("log{me}")))
+                .env("STATE_KEYS", keys.to_string())
+                .env("STATE_ME", me.to_string())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for me in 0..8 {
+        let log = std::fs::read_to_string(dir.path().join(format!("log{me}"))).unwrap();
+        for k in log.lines().filter(|l| !l.is_empty()) {
+            *runs.entry(k.to_string()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(runs.len(), keys, "every key ran");
+    assert!(runs.values().all(|&n| n == 1), "a key ran twice");
+}
+
+mod safety {
+    use super::*;
+    use guardrails::health::HealthRegistry;
+    use guardrails::resource::HealthStatus;
+    use guardrails::state::{RedisConnection, RedisSafety, SafetyLevel, SafetyReport};
+
+    fn check(server: &RedisServer, safety: &RedisSafety) -> SafetyReport {
+        let conn = RedisConnection::connect(&server.url(), RedisConfig::default()).unwrap();
+        safety.check(&conn).unwrap()
+    }
+
+    fn level(r: &SafetyReport, check: &str) -> SafetyLevel {
+        r.finding(check).unwrap().level
+    }
+
+    #[test]
+    fn a_persistent_noeviction_master_is_ok() {
+        let server = RedisServer::with_args(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+        ]);
+        let r = check(&server, &RedisSafety::new());
+        assert_eq!(r.level, SafetyLevel::Ok, "{r:#?}");
+        assert!(r.safe);
+        assert_eq!(r.checks.len(), 4);
+        assert_eq!(r.health(), HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn unsafe_servers_get_the_right_levels() {
+        // No persistence at all, evicting any key.
+        let server = RedisServer::with_args(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ]);
+        let r = check(&server, &RedisSafety::new());
+        assert_eq!(level(&r, "persistence"), SafetyLevel::Error, "{r:#?}");
+        assert_eq!(level(&r, "maxmemory_policy"), SafetyLevel::Error, "{r:#?}");
+        assert_eq!(level(&r, "role"), SafetyLevel::Ok);
+        assert!(!r.safe);
+        assert_eq!(r.health(), HealthStatus::Unhealthy);
+
+        // RDB snapshots only, evicting keys with a TTL, and memory nearly full.
+        let server = RedisServer::with_args(&[
+            "--save",
+            "900 1",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "volatile-lru",
+            "--maxmemory",
+            "1mb",
+        ]);
+        let r = check(&server, &RedisSafety::new());
+        assert_eq!(level(&r, "persistence"), SafetyLevel::Warning, "{r:#?}");
+        assert_eq!(level(&r, "maxmemory_policy"), SafetyLevel::Error, "{r:#?}");
+        assert!(
+            level(&r, "memory_headroom") >= SafetyLevel::Warning,
+            "a server at its baseline uses most of 1 MB: {r:#?}"
+        );
+
+        // appendfsync no: the OS decides.
+        let server = RedisServer::with_args(&["--appendonly", "yes", "--appendfsync", "no"]);
+        let r = check(&server, &RedisSafety::new());
+        assert_eq!(level(&r, "persistence"), SafetyLevel::Warning, "{r:#?}");
+    }
+
+    #[test]
+    fn a_replica_is_critical_and_cannot_be_acknowledged() {
+        let master = RedisServer::with_args(&["--appendonly", "yes"]);
+        let port = master.port.to_string();
+        let replica =
+            RedisServer::with_args(&["--appendonly", "yes", "--replicaof", "127.0.0.1", &port]);
+        let safety = RedisSafety::new().acknowledge("role", "we only read");
+        let r = check(&replica, &safety);
+        let role = r.finding("role").unwrap();
+        assert_eq!(role.level, SafetyLevel::Critical, "{r:#?}");
+        assert!(!role.acknowledged);
+        assert!(role.message.contains(&port), "{}", role.message);
+        assert_eq!(r.health(), HealthStatus::Critical);
+    }
+
+    #[test]
+    fn an_acknowledged_error_is_a_warning_and_startup_validation_refuses_the_rest() {
+        let server = RedisServer::with_args(&["--save", "", "--appendonly", "no"]);
+        let conn = RedisConnection::connect(&server.url(), RedisConfig::default()).unwrap();
+        let err = RedisSafety::new().validate_on_startup(&conn).unwrap_err();
+        assert!(err.to_string().contains("persistence"), "{err}");
+        assert_eq!(err.class(), ErrorClass::Fatal);
+
+        let safety = RedisSafety::new().acknowledge("persistence", "a scratch Redis");
+        let r = safety.validate_on_startup(&conn).unwrap();
+        let p = r.finding("persistence").unwrap();
+        assert_eq!(p.level, SafetyLevel::Warning);
+        assert!(
+            p.acknowledged && p.message.contains("a scratch Redis"),
+            "{p:?}"
+        );
+        assert!(r.safe);
+
+        let err = RedisSafety::new()
+            .acknowledge("persistance", "typo")
+            .check(&conn)
+            .unwrap_err();
+        assert!(err.to_string().contains("persistance"), "{err}");
+
+        // As a health check.
+        let mut registry = HealthRegistry::new();
+        RedisSafety::new().register(&mut registry, "redis", conn);
+        let report = registry.run();
+        assert_eq!(report.checks[0].status, HealthStatus::Unhealthy);
+    }
+
+    #[test]
+    fn a_server_that_hides_config_is_unknown_not_an_error() {
+        let server =
+            RedisServer::with_args(&["--appendonly", "yes", "--rename-command", "CONFIG", ""]);
+        let r = check(&server, &RedisSafety::new());
+        assert_eq!(level(&r, "persistence"), SafetyLevel::Unknown, "{r:#?}");
+        // INFO still tells the eviction policy and the role.
+        assert_eq!(level(&r, "maxmemory_policy"), SafetyLevel::Ok, "{r:#?}");
+        assert_eq!(level(&r, "role"), SafetyLevel::Ok);
+        assert!(r.safe);
+    }
+}
