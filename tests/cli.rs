@@ -1,7 +1,11 @@
 //! The CLI's exit codes and output formats are a contract scripts rely on.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::redis::RedisServer;
 
 fn guardrails(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_guardrails"))
@@ -863,4 +867,115 @@ fn once_exits_75_while_another_worker_holds_the_key() {
     assert_eq!(String::from_utf8_lossy(&first.stdout), "done\n");
     let replay = once(dir.path(), "train", script);
     assert_eq!(String::from_utf8_lossy(&replay.stdout), "done\n");
+}
+
+#[test]
+fn redis_check_exits_0_on_a_safe_server_1_on_an_unsafe_one_2_when_unreachable() {
+    let safe = RedisServer::with_args(&["--appendonly", "yes", "--appendfsync", "everysec"]);
+    let out = guardrails(&["redis", "check", &safe.url(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["level"], "OK", "{report}");
+    assert_eq!(report["safe"], true);
+    let checks: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        ["persistence", "maxmemory_policy", "memory_headroom", "role"]
+    );
+
+    let secret = "pw-never-printed";
+    let unsafe_server = RedisServer::with_args(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--requirepass",
+        secret,
+    ]);
+    let url = unsafe_server.url_with(Some(secret));
+    let out = guardrails(&["redis", "check", &url, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(secret), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["level"], "ERROR", "{report}");
+    assert_eq!(report["checks"][0]["level"], "ERROR");
+    assert_eq!(report["checks"][1]["level"], "ERROR");
+    // Acknowledged, both ERRORs are WARNINGs and the check passes.
+    let out = guardrails(&[
+        "redis",
+        "check",
+        &url,
+        "--acknowledge",
+        "persistence",
+        "--acknowledge",
+        "maxmemory_policy",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WARNING"));
+
+    // A wrong password and a closed port: 2, and the password is not printed.
+    let out = guardrails(&["redis", "check", &unsafe_server.url_with(Some("wrong-pw"))]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("wrong-pw"),
+        "{out:?}"
+    );
+    let closed = format!("redis://127.0.0.1:{}/0", common::redis::free_port());
+    let out = guardrails(&["redis", "check", &closed]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = guardrails(&["redis", "check", "http://nope"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn once_on_redis_runs_once_across_workers_and_fails_closed_or_open_when_it_is_down() {
+    let mut server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_guardrails"))
+            .current_dir(dir.path())
+            .args(["once", "--key", "nightly", "--store", url])
+            .args(extra)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo ran >> runs.log; echo \"fence $GUARDRAILS_FENCE\"; exit 4",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let first = run(&server.url(), &[]);
+    assert_eq!(first.status.code(), Some(4), "{first:?}");
+    let again = run(&server.url(), &[]);
+    assert_eq!(again.status.code(), Some(4), "{again:?}");
+    assert_eq!(first.stdout, again.stdout);
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("fence "));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("runs.log")).unwrap(),
+        "ran\n"
+    );
+    let url = server.url();
+    server.kill();
+    let closed = run(&url, &[]);
+    assert_eq!(closed.status.code(), Some(75), "fail closed: {closed:?}");
+    let open = run(&url, &["--fail-open"]);
+    assert_eq!(open.status.code(), Some(4), "fail open: {open:?}");
+    assert!(
+        String::from_utf8_lossy(&open.stderr).contains("unguarded"),
+        "{open:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("runs.log")).unwrap(),
+        "ran\nran\n"
+    );
 }

@@ -14,6 +14,7 @@ mod json_cmd;
 mod once_cmd;
 mod output;
 mod pipeline_cmd;
+mod redis_cmd;
 mod runs_cmd;
 mod validate_cmd;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Run a command once per key across every worker sharing the store: a later call
     /// replays its stdout and exit code; exit 75 while another worker runs it.
     Once(once_cmd::OnceArgs),
+    /// Check a Redis before guards keep state on it.
+    #[command(subcommand)]
+    Redis(redis_cmd::RedisCommand),
     /// Read a pipeline's run registry: runs, stage attempts, artifacts, consistency.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),
@@ -74,10 +78,6 @@ enum Status {
     /// Everything checked out.
     Ok = 0,
     /// A check ran and failed.
-    #[allow(
-        dead_code,
-        reason = "part of the exit-code contract; the first checks (health, validate) return it"
-    )]
     CheckFailed = 1,
     /// Bad usage or bad configuration.
     Usage = 2,
@@ -107,6 +107,7 @@ fn main() -> ExitCode {
         Command::Preflight(args) => pipeline_cmd::preflight(args, &out),
         Command::Gates(args) => pipeline_cmd::gates(args, &out),
         Command::Once(args) => return once_cmd::run(args),
+        Command::Redis(cmd) => redis_cmd::run(cmd, &out),
         Command::Runs(cmd) => runs_cmd::run(cmd, &out),
         Command::Validate(cmd) => validate_cmd::run(cmd, &out),
     };

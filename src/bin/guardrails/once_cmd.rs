@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use guardrails::state::{Idempotency, IdempotencyConfig, Outcome, SqliteStore, fingerprint};
+use guardrails::state::{
+    Idempotency, IdempotencyConfig, Outcome, RedisConfig, RedisStore, SqliteStore, StateStore,
+    fingerprint,
+};
 use guardrails::{ErrorClass, GuardrailError};
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +25,8 @@ pub(crate) struct OnceArgs {
     /// The effect's key: a later call with the same key replays the first one's result.
     #[arg(long)]
     key: String,
-    /// The store: a SQLite file path (or `sqlite://PATH`); default `.guardrails/state.db`.
+    /// The store: a SQLite file path (or `sqlite://PATH`; default `.guardrails/state.db`),
+    /// or a Redis shared by machines (`redis://[:password@]host:port/db`, `rediss://…`).
     #[arg(long)]
     store: Option<String>,
     /// How long the result is replayed (e.g. `72h`, the default).
@@ -63,23 +67,41 @@ pub(crate) fn run(args: OnceArgs) -> ExitCode {
 }
 
 fn once(args: &OnceArgs) -> guardrails::Result<u8> {
-    let path = match args.store.as_deref() {
-        None => PathBuf::from(".guardrails/state.db"),
-        Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => {
-            return Err(GuardrailError::config(
-                "--store",
-                "a Redis store is not built into this binary yet; use a SQLite file",
-            ));
+    let store = match open_store(args) {
+        Ok(s) => s,
+        Err(e) if args.fail_open && e.class() == ErrorClass::Retryable => {
+            eprintln!(
+                "guardrails once: {}: the store is unreachable ({}); running unguarded (--fail-open)",
+                args.key,
+                e.report()
+            );
+            return execute(&args.command, 0).map(|r| r.code);
         }
-        Some(s) => PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)),
+        Err(e) => return Err(e),
     };
+    run_once(args, store)
+}
+
+/// The store `--store` names.
+fn open_store(args: &OnceArgs) -> guardrails::Result<Arc<dyn StateStore>> {
+    Ok(match args.store.as_deref() {
+        None => Arc::new(SqliteStore::open(PathBuf::from(".guardrails/state.db"))?),
+        Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => {
+            Arc::new(RedisStore::connect(s, RedisConfig::default())?)
+        }
+        Some(s) => Arc::new(SqliteStore::open(PathBuf::from(
+            s.strip_prefix("sqlite://").unwrap_or(s),
+        ))?),
+    })
+}
+
+fn run_once(args: &OnceArgs, store: Arc<dyn StateStore>) -> guardrails::Result<u8> {
     let mut config = IdempotencyConfig::new()
         .with_fail_open(args.fail_open)
         .with_local_cache(0);
     if let Some(ttl) = args.ttl {
         config = config.with_ttl(ttl);
     }
-    let store = Arc::new(SqliteStore::open(&path)?);
     let effects = Idempotency::with_config(store, config)?;
     let print = &fingerprint(&serde_json::json!(args.command));
     let outcome = effects.run(&args.key, print, |fence| execute(&args.command, fence.0))?;
