@@ -568,3 +568,129 @@ mod safety {
         assert!(r.safe);
     }
 }
+
+mod rate {
+    use super::*;
+    use guardrails::resilience::{RateLimitConfig, RateLimiter};
+    use guardrails::state::{RedisConnection, RedisRateLimit};
+
+    fn fleet(server: &RedisServer, config: RedisConfig) -> Arc<RedisRateLimit> {
+        Arc::new(RedisRateLimit::new(
+            RedisConnection::connect(&server.url(), config).unwrap(),
+        ))
+    }
+
+    fn allowed(limiter: &RateLimiter, calls: usize) -> usize {
+        (0..calls)
+            .filter(|_| match limiter.check() {
+                Ok(()) => true,
+                Err(GuardrailError::RateLimited { .. }) => false,
+                Err(e) => panic!("{e}"),
+            })
+            .count()
+    }
+
+    #[test]
+    fn workers_share_one_allowance_and_get_the_exact_retry_after() {
+        let server = RedisServer::start();
+        let config = RateLimitConfig::per(10, Duration::from_secs(60)).with_burst(5);
+        let a = RateLimiter::shared(
+            "llm",
+            config.clone(),
+            fleet(&server, RedisConfig::default()),
+        )
+        .unwrap();
+        let b = RateLimiter::shared("llm", config, fleet(&server, RedisConfig::default())).unwrap();
+        assert_eq!(allowed(&a, 3) + allowed(&b, 3), 5, "a burst of 5 for both");
+        match b.check() {
+            Err(GuardrailError::RateLimited { retry_after, .. }) => assert!(
+                retry_after > Duration::from_millis(5_900) && retry_after <= Duration::from_secs(6),
+                "one interval (6 s) minus the time since the burst: {retry_after:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // One interval later (the stored arrival time moved back 6 s, as the server's
+        // clock cannot be advanced) exactly one more call is allowed.
+        let key = "{guardrails:rate:llm}";
+        let mut c = server.client();
+        let tat: i64 = redis::cmd("GET").arg(key).query(&mut c).unwrap();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(tat - 6_000_000)
+            .arg("KEEPTTL")
+            .query::<()>(&mut c)
+            .unwrap();
+        assert_eq!(allowed(&a, 1) + allowed(&b, 1), 1);
+        assert!(!a.is_local_only());
+        // The key expires once the allowance is full again: nothing is left behind.
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut c).unwrap();
+        assert!(ttl > 0 && ttl <= 30_001, "{ttl}");
+        // This redis-server has no GCRA command: the Lua script ran.
+        let probe = RedisRateLimit::new(
+            RedisConnection::connect(&server.url(), RedisConfig::default()).unwrap(),
+        );
+        RateLimiter::shared(
+            "other",
+            RateLimitConfig::per(1, Duration::from_secs(1)),
+            Arc::new(probe.clone()),
+        )
+        .unwrap()
+        .check()
+        .unwrap();
+        assert!(!probe.uses_native());
+    }
+
+    #[test]
+    fn sixteen_threads_on_four_connections_get_exactly_the_burst() {
+        let server = RedisServer::start();
+        let config = RateLimitConfig::per(1, Duration::from_secs(3600)).with_burst(100);
+        let limiters: Vec<RateLimiter> = (0..4)
+            .map(|_| {
+                RateLimiter::shared(
+                    "batch",
+                    config.clone(),
+                    fleet(&server, RedisConfig::default()),
+                )
+                .unwrap()
+            })
+            .collect();
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                let limiter = &limiters[t % 4];
+                let total = &total;
+                s.spawn(move || {
+                    total.fetch_add(allowed(limiter, 20), Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::SeqCst), 100);
+    }
+
+    #[test]
+    fn redis_down_falls_back_to_the_local_allowance_and_back() {
+        let mut server = RedisServer::start();
+        let quick = RedisConfig::default()
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_response_timeout(Duration::from_millis(300))
+            .with_attempts(1);
+        let config = RateLimitConfig::per(1, Duration::from_secs(3600)).with_burst(3);
+        let limiter = RateLimiter::shared("api", config, fleet(&server, quick)).unwrap();
+        assert_eq!(allowed(&limiter, 2), 2);
+        server.kill();
+        // Never an error other than RateLimited: the local allowance (a fresh burst of 3).
+        assert_eq!(allowed(&limiter, 5), 3);
+        assert!(limiter.is_local_only());
+        server.restart();
+        let mut back = false;
+        for _ in 0..50 {
+            let _ = limiter.check();
+            if !limiter.is_local_only() {
+                back = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(back, "the shared allowance answers again");
+    }
+}

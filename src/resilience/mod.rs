@@ -25,7 +25,7 @@ pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit, OwnedBulkheadPermit
 #[cfg(feature = "async")]
 pub use policy::guarded_execution_async;
 pub use policy::{GuardEvent, GuardPolicy, guarded_execution};
-pub use rate_limit::{RateLimitConfig, RateLimiter};
+pub use rate_limit::{RateLimitConfig, RateLimiter, SharedRateState};
 pub use retry::{Jitter, RetryConfig, RetryPolicy, retry_with_backoff};
 pub use timeout::{
     CommandOutput, TimeoutHandler, run_command_with_grace, run_command_with_timeout,

@@ -13,6 +13,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock as GovernorClock, DefaultClock};
@@ -127,6 +128,24 @@ enum Cell {
     ),
 }
 
+/// Where a fleet-wide [`RateLimiter`] keeps its allowance, so that every worker sharing it
+/// draws from one budget. The crate implements it on Redis (`RedisRateLimit` in `state`,
+/// feature `redis`: GCRA in one Lua script, or Redis's own `GCRA` command where the server
+/// has it); the limiter does not know which.
+pub trait SharedRateState: Send + Sync + std::fmt::Debug {
+    /// Takes `cost` calls of the allowance of the limiter `name` under GCRA with the rate,
+    /// period and burst of `config`: `Ok(None)` allowed, `Ok(Some(wait))` refused until
+    /// `wait` from now. An error (the store unreachable) makes the limiter fall back to its
+    /// local allowance.
+    fn acquire(&self, name: &str, config: &RateLimitConfig, cost: u32) -> Result<Option<Duration>>;
+}
+
+/// A shared allowance and whether the limiter fell back from it.
+struct Shared {
+    state: Arc<dyn SharedRateState>,
+    local_only: AtomicBool,
+}
+
 /// Allows `rate` calls per `period` with bursts of `burst`, refusing the rest with
 /// [`GuardrailError::RateLimited`] and the time until the next call would be allowed.
 ///
@@ -156,6 +175,7 @@ pub struct RateLimiter {
     /// Kept so a new clock can be given without validating the config again.
     quota: Quota,
     cell: Cell,
+    shared: Option<Shared>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -177,7 +197,26 @@ impl RateLimiter {
             cell: Cell::Default(Gcra::direct_with_clock(quota, clock.clone()), clock),
             quota,
             config,
+            shared: None,
         })
+    }
+
+    /// A fleet-wide limiter: every call draws from `state`, the allowance all workers share
+    /// (`rate` per `period` for the whole fleet). When `state` cannot answer, the limiter
+    /// says so once (a warning) and falls back to a local allowance of the same figures
+    /// until it answers again: a store outage never blocks or fails the call path, at the
+    /// price of a per-process limit meanwhile.
+    pub fn shared(
+        name: impl Into<String>,
+        config: RateLimitConfig,
+        state: Arc<dyn SharedRateState>,
+    ) -> Result<Self> {
+        let mut limiter = Self::new(name, config)?;
+        limiter.shared = Some(Shared {
+            state,
+            local_only: AtomicBool::new(false),
+        });
+        Ok(limiter)
     }
 
     /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests). Meant
@@ -206,6 +245,13 @@ impl RateLimiter {
     /// Takes one call's allowance, or says how long until one is available.
     #[inline]
     pub fn check(&self) -> Result<()> {
+        if let Some(shared) = &self.shared {
+            match self.check_shared(shared) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
         let wait = match &self.cell {
             Cell::Default(gcra, clock) => match gcra.check() {
                 Ok(()) => return Ok(()),
@@ -217,6 +263,34 @@ impl RateLimiter {
             },
         };
         Err(self.limited(wait))
+    }
+
+    /// The shared allowance's answer, or `None` to use the local one.
+    fn check_shared(&self, shared: &Shared) -> Option<Result<()>> {
+        match shared.state.acquire(&self.name, &self.config, 1) {
+            Ok(answer) => {
+                if shared.local_only.swap(false, Ordering::Relaxed) {
+                    tracing::info!(name = %self.name, "shared rate limit answers again");
+                }
+                Some(match answer {
+                    None => Ok(()),
+                    Some(wait) => Err(self.limited(wait)),
+                })
+            }
+            Err(e) => {
+                if !shared.local_only.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(name = %self.name, error = %e.report(), "shared rate limit unreachable; limiting this process alone");
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether a fleet-wide limiter is on its local allowance (its store did not answer).
+    pub fn is_local_only(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|s| s.local_only.load(Ordering::Relaxed))
     }
 
     #[cold]

@@ -3,9 +3,11 @@
 //! check of the server itself.
 
 mod conn;
+mod rate;
 mod safety;
 mod store;
 
 pub use conn::{RedisConfig, RedisConnection};
+pub use rate::RedisRateLimit;
 pub use safety::{RedisSafety, SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport};
 pub use store::RedisStore;
