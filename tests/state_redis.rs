@@ -694,3 +694,235 @@ mod rate {
         assert!(back, "the shared allowance answers again");
     }
 }
+
+mod fleet {
+    use super::*;
+    use guardrails::ManualClock;
+    use guardrails::resilience::{
+        BreakerConfig, BreakerState, CircuitBreaker, FleetBreaker, FleetConfig,
+    };
+    use guardrails::state::{RedisBreakerState, RedisConnection};
+
+    fn shared(server: &RedisServer, config: RedisConfig) -> Arc<RedisBreakerState> {
+        Arc::new(RedisBreakerState::new(
+            RedisConnection::connect(&server.url(), config).unwrap(),
+        ))
+    }
+
+    /// A worker whose own window never opens by itself (minimum 10 000 calls): only the
+    /// fleet can open it.
+    fn worker(server: &RedisServer, clock: &ManualClock, fleet: FleetConfig) -> FleetBreaker {
+        let config = BreakerConfig::new()
+            .with_minimum_calls(10_000)
+            .with_window(guardrails::resilience::WindowKind::CountBased, 10_000)
+            .with_wait_in_open(Duration::from_secs(30))
+            .with_half_open_calls(2);
+        let breaker = Arc::new(
+            CircuitBreaker::new("llm", config)
+                .unwrap()
+                .with_clock(clock.clone()),
+        );
+        FleetBreaker::manual(breaker, shared(server, RedisConfig::default()), fleet).unwrap()
+    }
+
+    fn storm(breaker: &CircuitBreaker, calls: usize, fail_every: usize) {
+        for i in 0..calls {
+            let _ = breaker.call(|| -> Result<()> {
+                if i % fail_every != 0 {
+                    Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+                } else {
+                    Ok(())
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_failure_storm_opens_every_worker_within_one_interval_and_recovery_closes_them() {
+        let server = RedisServer::start();
+        let clock = ManualClock::new();
+        let fleet = FleetConfig::default()
+            .with_minimum_calls(100)
+            .with_failure_rate_threshold(0.5);
+        let workers: Vec<FleetBreaker> = (0..8)
+            .map(|_| worker(&server, &clock, fleet.clone()))
+            .collect();
+        // Normal load: 8 × 50 calls, all fine; a flush round keeps everyone closed.
+        for w in &workers {
+            storm(w.breaker(), 50, 1);
+        }
+        for w in &workers {
+            assert_eq!(w.flush_now().unwrap().open_for, None);
+        }
+        // The storm: 80 % failures on every worker (4 of 5 calls).
+        for w in &workers {
+            storm(w.breaker(), 250, 5);
+        }
+        // One interval: each worker flushes once. The fleet passes the threshold at the
+        // flush of the third worker (400 + 750 calls, 600 failures): it opens, and every
+        // worker flushing after it reads the flag.
+        let views: Vec<_> = workers.iter().map(|w| w.flush_now().unwrap()).collect();
+        let opened_by = views.iter().position(|v| v.open_for.is_some()).unwrap();
+        assert_eq!(opened_by, 2, "{views:?}");
+        for (i, w) in workers.iter().enumerate() {
+            let expected = if i >= opened_by {
+                BreakerState::Open
+            } else {
+                BreakerState::Closed
+            };
+            assert_eq!(w.breaker().state(), expected, "worker {i}: {views:?}");
+        }
+        // The workers that flushed before it open at their next flush: within one interval
+        // of the fleet's opening.
+        for w in &workers {
+            assert!(w.flush_now().unwrap().open_for.is_some());
+            assert_eq!(w.breaker().state(), BreakerState::Open);
+        }
+        match workers[7].breaker().call(|| Ok(1)) {
+            Err(GuardrailError::CircuitOpen { retry_after, .. }) => {
+                let left = retry_after.unwrap();
+                assert!(
+                    left <= Duration::from_secs(30) && left > Duration::from_secs(25),
+                    "{left:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Recovery: the fleet's flag expires (its TTL, removed here as the server's clock
+        // cannot be advanced) and each worker's wait ends on its clock; the trial calls
+        // succeed and close them, and the storm's failures do not reopen them: the window
+        // started over when the fleet opened.
+        let mut c = server.client();
+        redis::cmd("DEL")
+            .arg("{guardrails:breaker:llm}:open")
+            .query::<i64>(&mut c)
+            .unwrap();
+        clock.advance(Duration::from_secs(30));
+        for w in &workers {
+            storm(w.breaker(), 2, 1);
+            assert_eq!(w.breaker().state(), BreakerState::Closed);
+        }
+        for w in &workers {
+            let view = w.flush_now().unwrap();
+            assert_eq!(view.open_for, None, "{view:?}");
+            assert_eq!(w.breaker().state(), BreakerState::Closed);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_opens_by_itself_opens_the_fleet() {
+        let server = RedisServer::start();
+        let clock = ManualClock::new();
+        let local = BreakerConfig::new()
+            .with_minimum_calls(4)
+            .with_window(guardrails::resilience::WindowKind::CountBased, 4)
+            .with_wait_in_open(Duration::from_secs(60));
+        let a_breaker = Arc::new(
+            CircuitBreaker::new("db", local)
+                .unwrap()
+                .with_clock(clock.clone()),
+        );
+        let a = FleetBreaker::manual(
+            a_breaker.clone(),
+            shared(&server, RedisConfig::default()),
+            FleetConfig::default().with_minimum_calls(1000),
+        )
+        .unwrap();
+        let b_breaker = Arc::new(
+            CircuitBreaker::new("db", BreakerConfig::new())
+                .unwrap()
+                .with_clock(clock.clone()),
+        );
+        let b = FleetBreaker::manual(
+            b_breaker.clone(),
+            shared(&server, RedisConfig::default()),
+            FleetConfig::default().with_minimum_calls(1000),
+        )
+        .unwrap();
+        storm(&a_breaker, 4, usize::MAX);
+        assert_eq!(a_breaker.state(), BreakerState::Open);
+        assert_eq!(b_breaker.state(), BreakerState::Closed);
+        a.flush_now().unwrap();
+        let view = b.flush_now().unwrap();
+        assert!(view.open_for.unwrap() > Duration::from_secs(55), "{view:?}");
+        assert_eq!(b_breaker.state(), BreakerState::Open);
+        // Both flag keys carry a TTL: nothing stays behind.
+        let mut c = server.client();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("{guardrails:breaker:db}:open")
+            .query(&mut c)
+            .unwrap();
+        assert!(ttl > 55_000 && ttl <= 60_000, "{ttl}");
+    }
+
+    #[test]
+    fn redis_down_leaves_the_breaker_local_and_never_blocks_the_call_path() {
+        let mut server = RedisServer::start();
+        let clock = ManualClock::new();
+        let quick = RedisConfig::default()
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_response_timeout(Duration::from_millis(300))
+            .with_attempts(1);
+        let breaker = Arc::new(
+            CircuitBreaker::new("api", BreakerConfig::new())
+                .unwrap()
+                .with_clock(clock.clone()),
+        );
+        let fleet = FleetBreaker::manual(
+            breaker.clone(),
+            shared(&server, quick),
+            FleetConfig::default(),
+        )
+        .unwrap();
+        assert!(fleet.flush_now().is_some());
+        server.kill();
+        assert_eq!(breaker.call(|| Ok(5)).unwrap(), 5);
+        assert!(fleet.flush_now().is_none());
+        assert!(fleet.is_local_only());
+        assert_eq!(breaker.call(|| Ok(6)).unwrap(), 6);
+        server.restart();
+        let mut back = false;
+        for _ in 0..50 {
+            if fleet.flush_now().is_some() {
+                back = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(back && !fleet.is_local_only());
+    }
+
+    #[test]
+    fn the_flush_thread_carries_an_opening_to_the_other_workers() {
+        let server = RedisServer::start();
+        let fleet = FleetConfig::default()
+            .with_interval(Duration::from_millis(50))
+            .with_minimum_calls(20);
+        let make = || {
+            let config = BreakerConfig::new().with_minimum_calls(10_000);
+            let breaker = Arc::new(CircuitBreaker::new("ocr", config).unwrap());
+            let f = FleetBreaker::new(
+                breaker.clone(),
+                shared(&server, RedisConfig::default()),
+                fleet.clone(),
+            )
+            .unwrap();
+            (breaker, f)
+        };
+        let (a, _fa) = make();
+        let (b, fb) = make();
+        storm(&a, 40, 5);
+        // Bounded: the flush threads run every 50 ms; 5 s is a hundred intervals.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while b.state() != BreakerState::Open && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "after {} flushes",
+            fb.flushes()
+        );
+        assert_eq!(a.state(), BreakerState::Open);
+    }
+}

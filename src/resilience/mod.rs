@@ -19,7 +19,8 @@ pub mod timeout;
 pub use breaker::{
     BreakerConfig, BreakerMetrics, BreakerOverride, BreakerPermit, BreakerRegistry,
     BreakerRegistryConfig, BreakerState, CallOutcome, CircuitBreaker, Downshift, FallbackChain,
-    OwnedBreakerPermit, Permit, Served, StateTransition, WindowKind,
+    FleetBreaker, FleetConfig, FleetView, OwnedBreakerPermit, Permit, Served, SharedBreakerState,
+    StateTransition, WindowKind,
 };
 pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit, OwnedBulkheadPermit};
 #[cfg(feature = "async")]

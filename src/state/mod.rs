@@ -32,8 +32,8 @@ pub use idempotency::{Idempotency, IdempotencyConfig, Outcome, fingerprint, key_
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{
-    RedisConfig, RedisConnection, RedisRateLimit, RedisSafety, RedisStore, SAFETY_CHECKS,
-    SafetyFinding, SafetyLevel, SafetyReport,
+    RedisBreakerState, RedisConfig, RedisConnection, RedisRateLimit, RedisSafety, RedisStore,
+    SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport,
 };
 #[cfg(all(feature = "durable", unix))]
 pub use sqlite::SqliteStore;

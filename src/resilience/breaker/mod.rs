@@ -59,6 +59,7 @@
 
 mod config;
 mod fallback;
+mod fleet;
 mod registry;
 mod window;
 
@@ -76,6 +77,7 @@ use crate::error::{ErrorClass, ErrorKind, GuardrailError, Result};
 
 pub use config::{BreakerConfig, BreakerOverride, WindowKind};
 pub use fallback::{Downshift, FallbackChain, Served};
+pub use fleet::{FleetBreaker, FleetConfig, FleetView, SharedBreakerState};
 pub use registry::{BreakerRegistry, BreakerRegistryConfig};
 
 use window::{FAILED, SLOW, Tally, Window};
@@ -234,6 +236,8 @@ pub struct CircuitBreaker {
     classifier: Classifier,
     pub(super) listeners: crate::listeners::Listeners<StateTransition>,
     transition_lock: Mutex<()>,
+    /// This worker's outcomes for a fleet-wide breaker ([`FleetBreaker`]), when it is one.
+    fleet: std::sync::OnceLock<Arc<fleet::FleetCounts>>,
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -313,6 +317,7 @@ impl CircuitBreaker {
             classifier,
             listeners,
             transition_lock: Mutex::new(()),
+            fleet: std::sync::OnceLock::new(),
             config,
         }
     }
@@ -368,6 +373,9 @@ impl CircuitBreaker {
                     // A change of state or generation since the start voids the record.
                     if self.state.load(Ordering::Acquire) == word {
                         self.window.record_fast_success(0);
+                        if let Some(fleet) = self.fleet.get() {
+                            fleet.add(false);
+                        }
                     }
                 }
                 Err(e) => self.complete(Grant { word, start: None }, (self.classifier)(e)),
@@ -468,6 +476,38 @@ impl CircuitBreaker {
     fn force(&self, to: BreakerState) {
         let word = self.state.load(Ordering::Acquire);
         self.transition(word, to, None);
+    }
+
+    /// Makes this breaker count its outcomes into `counts` for a fleet; `false` when it
+    /// already counts for one.
+    fn attach_fleet(&self, counts: Arc<fleet::FleetCounts>) -> bool {
+        self.fleet.set(counts).is_ok()
+    }
+
+    /// Opens a closed or half-open breaker because the fleet is open, for `wait_left` (at
+    /// most its own `wait_in_open`). `false` when it was not closed or half-open.
+    fn open_from_fleet(&self, wait_left: Duration, failure_rate: Option<f64>) -> bool {
+        let word = self.state.load(Ordering::Acquire);
+        if !matches!(
+            state_of(word),
+            BreakerState::Closed | BreakerState::HalfOpen
+        ) {
+            return false;
+        }
+        let tally = failure_rate.map(|rate| Tally {
+            calls: 1_000_000,
+            failures: (rate.clamp(0.0, 1.0) * 1_000_000.0) as u64,
+            slow: 0,
+        });
+        if !self.transition(word, BreakerState::Open, tally) {
+            return false;
+        }
+        // Backdate the opening so the wait left is the fleet's.
+        let served = self.config.wait_in_open.saturating_sub(wait_left);
+        let served = u64::try_from(served.as_nanos()).unwrap_or(u64::MAX);
+        let opened = self.nanos_since_origin().saturating_sub(served);
+        self.opened_at_nanos.store(opened, Ordering::Release);
+        true
     }
 
     fn nanos_since_origin(&self) -> u64 {
@@ -590,6 +630,9 @@ impl CircuitBreaker {
         if outcome == CallOutcome::Ignored {
             self.release(grant);
             return;
+        }
+        if let Some(fleet) = self.fleet.get() {
+            fleet.add(outcome == CallOutcome::Failure);
         }
         let mut flags = if outcome == CallOutcome::Failure {
             FAILED

@@ -56,10 +56,11 @@ fn ratio(part: u64, whole: u64) -> f64 {
 /// Keeps a counter on a cache line of its own so threads do not contend on one line.
 #[repr(align(128))]
 #[derive(Default)]
-struct Padded(AtomicU64);
+pub(super) struct Padded(pub(super) AtomicU64);
 
+/// This thread's stripe among `stripes` (a power of two).
 #[inline]
-fn stripe_index(stripes: usize) -> usize {
+pub(super) fn stripe_index(stripes: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };

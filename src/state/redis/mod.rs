@@ -2,11 +2,13 @@
 //! the [`RedisStore`] backend of [`StateStore`](super::StateStore), and the [`RedisSafety`]
 //! check of the server itself.
 
+mod breaker;
 mod conn;
 mod rate;
 mod safety;
 mod store;
 
+pub use breaker::RedisBreakerState;
 pub use conn::{RedisConfig, RedisConnection};
 pub use rate::RedisRateLimit;
 pub use safety::{RedisSafety, SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport};
