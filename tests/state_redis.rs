@@ -926,3 +926,44 @@ mod fleet {
         assert_eq!(a.state(), BreakerState::Open);
     }
 }
+
+#[test]
+fn redis_killed_during_completion_is_retried_until_it_returns() {
+    let server = RedisServer::with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = server.url();
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let s = Arc::new(
+        RedisStore::connect(
+            &url,
+            RedisConfig::default()
+                .with_connect_timeout(Duration::from_millis(200))
+                .with_response_timeout(Duration::from_millis(200)),
+        )
+        .unwrap(),
+    );
+    let fx = Idempotency::with_config(s, config()).unwrap();
+    let key = fx.key("ledger", "mid-completion");
+    let mut restarter = None;
+    let outcome = fx
+        .run(&key, "p", |fence| {
+            // The effect is done; Redis dies before its result is recorded, and comes back
+            // (with its AOF) 400 ms later, well within the 10 s lease.
+            server.lock().unwrap().kill();
+            let server = Arc::clone(&server);
+            restarter = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                server.lock().unwrap().restart();
+            }));
+            Ok(fence.0)
+        })
+        .unwrap();
+    restarter.unwrap().join().unwrap();
+    let Outcome::Executed(fence) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        fx.run(&key, "p", |_| Ok(0)).unwrap(),
+        Outcome::Cached(fence),
+        "the result was recorded once Redis was back"
+    );
+}

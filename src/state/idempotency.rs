@@ -262,7 +262,7 @@ impl Idempotency {
             .and_then(|value| Ok((self.encode(key, &value)?, value)));
         match result {
             Ok((bytes, value)) => {
-                self.store.complete(key, fence, &bytes, self.config.ttl)?;
+                self.complete(key, fence, &bytes)?;
                 tracing::info!(key, fence = fence.0, "effect completed");
                 self.remember(key, fingerprint, bytes);
                 Ok(Outcome::Executed(value))
@@ -285,6 +285,33 @@ impl Idempotency {
                     }
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Records the result, retrying a store that does not answer for up to one lease: the
+    /// effect ran, and a completion lost to a store restart would let it run again once
+    /// the lease expires. Past the lease another worker may hold the key, and the fence
+    /// decides.
+    fn complete(&self, key: &str, fence: Fence, bytes: &[u8]) -> Result<()> {
+        let backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(25), Duration::from_secs(1), 2.0);
+        let deadline = Instant::now() + self.config.lease;
+        let mut attempt = 0;
+        loop {
+            match self.store.complete(key, fence, bytes, self.config.ttl) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.class() == ErrorClass::Retryable => {
+                    let delay = backoff.delay(attempt);
+                    if Instant::now() + delay >= deadline {
+                        tracing::error!(key, fence = fence.0, error = %e.report(), "effect ran but its result could not be recorded within its lease");
+                        return Err(e);
+                    }
+                    tracing::warn!(key, fence = fence.0, error = %e.report(), "recording the result failed; retrying");
+                    std::thread::sleep(delay);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
         }
     }

@@ -191,7 +191,7 @@ impl RedisConnection {
         for a in args {
             invocation.arg(*a);
         }
-        let mut delay = self.inner.config.retry_delay;
+        let backoff = self.backoff();
         let mut attempt = 1;
         loop {
             let result: std::result::Result<Value, RedisError> = match &self.inner.conn {
@@ -205,8 +205,7 @@ impl RedisConnection {
                         && class_of(&e) == ErrorClass::Retryable =>
                 {
                     tracing::debug!(store = %self.inner.label, operation, attempt, error = %self.scrub(&e.to_string()), "redis operation retried");
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
+                    tokio::time::sleep(backoff.delay(attempt - 1)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(self.error(operation, &e)),
@@ -214,9 +213,14 @@ impl RedisConnection {
         }
     }
 
+    fn backoff(&self) -> crate::backoff::Backoff {
+        let first = self.inner.config.retry_delay;
+        crate::backoff::Backoff::new(first, first.saturating_mul(16), 2.0)
+    }
+
     /// Runs one plain command (`INFO`, `CONFIG GET`, `COMMAND INFO`) with the same retries.
     pub(crate) async fn command(&self, operation: &str, cmd: &redis::Cmd) -> Result<Value> {
-        let mut delay = self.inner.config.retry_delay;
+        let backoff = self.backoff();
         let mut attempt = 1;
         loop {
             let result: std::result::Result<Value, RedisError> = match &self.inner.conn {
@@ -229,8 +233,7 @@ impl RedisConnection {
                     if attempt < self.inner.config.attempts
                         && class_of(&e) == ErrorClass::Retryable =>
                 {
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
+                    tokio::time::sleep(backoff.delay(attempt - 1)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(self.error(operation, &e)),
