@@ -967,3 +967,60 @@ fn redis_killed_during_completion_is_retried_until_it_returns() {
         "the result was recorded once Redis was back"
     );
 }
+
+/// Every Redis-backed guard on a 3-master Redis Cluster: idempotency keys spread over the
+/// masters, the rate limiter's key and the breaker's three keys each in one slot.
+#[test]
+fn the_guards_work_on_a_three_master_cluster() {
+    use guardrails::resilience::{
+        BreakerConfig, BreakerState, CircuitBreaker, FleetBreaker, FleetConfig, RateLimitConfig,
+        RateLimiter,
+    };
+    use guardrails::state::{RedisBreakerState, RedisConnection, RedisRateLimit};
+
+    let cluster = common::redis::RedisCluster::start();
+    let urls = cluster.urls();
+    let first: Vec<&str> = urls.iter().take(1).map(String::as_str).collect();
+    let conn = RedisConnection::connect_cluster(&first, RedisConfig::default()).unwrap();
+    assert!(conn.label().starts_with("cluster "), "{}", conn.label());
+
+    let fx = Idempotency::with_config(Arc::new(RedisStore::new(conn.clone())), config()).unwrap();
+    for i in 0..200 {
+        let key = fx.key("cluster", &i.to_string());
+        assert_eq!(fx.run(&key, "p", |_| Ok(i)).unwrap(), Outcome::Executed(i));
+        assert_eq!(fx.run(&key, "p", |_| Ok(-1)).unwrap(), Outcome::Cached(i));
+    }
+    // The keys are spread: every master holds some.
+    for n in &cluster.nodes {
+        let mut c = n.client();
+        let held: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+        assert!(held > 0, "node {} holds no key", n.port);
+    }
+
+    let limiter = RateLimiter::shared(
+        "cluster-llm",
+        RateLimitConfig::per(1, Duration::from_secs(3600)).with_burst(3),
+        Arc::new(RedisRateLimit::new(conn.clone())),
+    )
+    .unwrap();
+    let allowed = (0..5).filter(|_| limiter.check().is_ok()).count();
+    assert_eq!(allowed, 3);
+    assert!(!limiter.is_local_only());
+
+    let config = BreakerConfig::new().with_minimum_calls(10_000);
+    let breaker = Arc::new(CircuitBreaker::new("cluster-db", config).unwrap());
+    let fleet = FleetBreaker::manual(
+        breaker.clone(),
+        Arc::new(RedisBreakerState::new(conn)),
+        FleetConfig::default().with_minimum_calls(10),
+    )
+    .unwrap();
+    for _ in 0..20 {
+        let _ = breaker.call(|| -> Result<()> {
+            Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+        });
+    }
+    let view = fleet.flush_now().expect("the cluster answers a flush");
+    assert!(view.open_for.is_some(), "{view:?}");
+    assert_eq!(breaker.state(), BreakerState::Open);
+}
