@@ -1024,3 +1024,34 @@ fn the_guards_work_on_a_three_master_cluster() {
     assert!(view.open_for.is_some(), "{view:?}");
     assert_eq!(breaker.state(), BreakerState::Open);
 }
+
+/// The lease is renewed while the effect runs: an effect that takes four leases is never
+/// taken over. (Renewal runs on real time, so this test does too: 1.2 s.)
+#[test]
+fn a_running_effect_keeps_its_lease_renewed() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let short = config().with_lease(Duration::from_millis(300));
+    let a = Idempotency::with_config(s.clone(), short.clone()).unwrap();
+    let b = Idempotency::with_config(s, short).unwrap();
+    let key = a.key("train", "epoch-1");
+    let outcome = a
+        .run(&key, "p", |fence| {
+            let until = std::time::Instant::now() + Duration::from_millis(1200);
+            let mut polls = 0;
+            while std::time::Instant::now() < until {
+                match b.run(&key, "p", |_| -> Result<u64> { panic!("taken over") })? {
+                    Outcome::InProgress { retry_after } => {
+                        assert!(retry_after <= Duration::from_millis(300), "{retry_after:?}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(polls >= 10);
+            Ok(fence.0)
+        })
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Executed(_)), "{outcome:?}");
+}
