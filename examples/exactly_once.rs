@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! cargo run --example exactly_once --features durable
+//! # the same on a Redis shared by machines:
+//! GUARDRAILS_REDIS_URL=redis://127.0.0.1:6379/0 cargo run --example exactly_once --features durable,redis
 //! ```
 
 use std::fs;
@@ -43,9 +45,17 @@ fn write_ledger(dir: &Path, row: usize, fence: Fence, worker: &str) -> Result<()
 }
 
 fn effects(dir: &Path) -> Result<Idempotency> {
-    let store = Arc::new(SqliteStore::open(dir.join("state.db"))?);
     // A short lease, so the survivor takes over soon after the kill.
     let config = IdempotencyConfig::new().with_lease(Duration::from_secs(2));
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("GUARDRAILS_REDIS_URL") {
+        use guardrails::state::{RedisConfig, RedisStore};
+        // Keys of this run only: the temporary directory's name tells runs apart.
+        let run = dir.file_name().and_then(|n| n.to_str()).unwrap_or("run");
+        let store = Arc::new(RedisStore::connect(&url, RedisConfig::default())?);
+        return Idempotency::with_config(store, config.with_prefix(&format!("example-{run}")));
+    }
+    let store = Arc::new(SqliteStore::open(dir.join("state.db"))?);
     Idempotency::with_config(store, config)
 }
 

@@ -1,15 +1,26 @@
 //! Guard state shared between workers: exactly-once side effects ([`Idempotency`]) over a
-//! [`StateStore`].
+//! [`StateStore`], and on Redis the shared state of fleet-wide rate limiters and breakers
+//! and a check that the server is safe for it.
 //!
-//! Backends: [`MemoryStore`] (one process, tests) and [`SqliteStore`] (feature `durable`:
-//! one machine, several processes, survives restarts; the embedded default). Every backend
-//! keeps the same record per key and decides a claim with the same rules, so
-//! they differ only in where the record lives and how the read-decide-write is made atomic.
+//! Backends: [`MemoryStore`] (one process, tests), [`SqliteStore`] (feature `durable`:
+//! one machine, several processes, survives restarts; the embedded default) and
+//! `RedisStore` (feature `redis`: a fleet of machines; Lua scripts on server time, Redis
+//! Cluster too). Every backend keeps the same record per key and decides a claim with the
+//! same rules (the Redis backend runs them as a Lua script), so they differ only in where
+//! the record lives and how the read-decide-write is made atomic.
+//!
+//! With feature `redis`: `RedisConnection` (one connection shared by every Redis-backed
+//! guard), `RedisRateLimit` (the fleet-wide allowance of
+//! [`RateLimiter::shared`](crate::resilience::RateLimiter::shared)), `RedisBreakerState`
+//! (the shared window of a [`FleetBreaker`](crate::resilience::FleetBreaker)) and
+//! `RedisSafety` (persistence, eviction, memory, role).
 //!
 //! # What exactly-once means here
 //!
 //! A claim is a lease with an expiry, and each claim or takeover gets a **fence**: a number
-//! that only grows, across all keys of a store. Completing a claim is a compare-and-set on
+//! that only grows for its key (the memory and SQLite stores draw it from one counter for
+//! all keys; Redis from the server's clock in ms and the key's last fence, so it stays
+//! above the old one even after the key expired). Completing a claim is a compare-and-set on
 //! its fence, so a worker that stalled past its lease while another took the key over cannot
 //! record its result. The effect itself runs at least once per key and at most once per
 //! live lease; a sink that refuses writes carrying a fence lower than the last it accepted
@@ -41,7 +52,7 @@ pub use sqlite::SqliteStore;
 /// The most bytes of a key; longer keys are refused (every size from outside is bounded).
 pub const MAX_KEY_BYTES: usize = 512;
 
-/// A claim's fencing token: it increases on every claim and takeover in a store.
+/// A claim's fencing token: it increases on every claim and takeover of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Fence(pub u64);
 
