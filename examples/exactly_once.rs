@@ -53,7 +53,7 @@ fn effects(dir: &Path) -> Result<Idempotency> {
         // Keys of this run only: the temporary directory's name tells runs apart.
         let run = dir.file_name().and_then(|n| n.to_str()).unwrap_or("run");
         let store = Arc::new(RedisStore::connect(&url, RedisConfig::default())?);
-        return Idempotency::with_config(store, config.with_prefix(&format!("example-{run}")));
+        return Idempotency::with_config(store, config.with_prefix(format!("example-{run}")));
     }
     let store = Arc::new(SqliteStore::open(dir.join("state.db"))?);
     Idempotency::with_config(store, config)
