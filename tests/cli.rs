@@ -979,3 +979,33 @@ fn once_on_redis_runs_once_across_workers_and_fails_closed_or_open_when_it_is_do
         "ran\nran\n"
     );
 }
+
+#[test]
+fn redis_check_speaks_tls_to_a_rediss_url_and_refuses_an_unknown_certificate() {
+    let server = RedisServer::tls();
+    let url = format!("rediss://127.0.0.1:{}/0", server.port);
+    let run = |ca: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guardrails"));
+        cmd.args(["redis", "check", &url, "--format", "json"])
+            .env_remove("RUST_LOG")
+            .env_remove("SSL_CERT_DIR");
+        match ca {
+            // rustls-native-certs trusts the CAs of SSL_CERT_FILE.
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env("SSL_CERT_FILE", "/nonexistent"),
+        };
+        cmd.output().unwrap()
+    };
+    let ca = RedisServer::tls_ca();
+    let out = run(Some(&ca));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["server"],
+        format!("rediss://127.0.0.1:{}/0", server.port)
+    );
+    assert_eq!(report["checks"][0]["level"], "OK", "{report}");
+    // A certificate no trusted CA signed: refused, exit 2.
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -12,6 +12,8 @@ pub(crate) struct RedisServer {
     pub(crate) port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    /// Serves TLS only (on `port`), with the test CA's server certificate.
+    tls: bool,
 }
 
 /// A port nothing listens on now.
@@ -33,6 +35,7 @@ impl RedisServer {
             port: 0,
             dir: tempfile::tempdir().unwrap(),
             args: args.iter().map(|a| (*a).to_string()).collect(),
+            tls: false,
         };
         // Another test may take the port between our probe and the bind: try a few.
         for _ in 0..5 {
@@ -44,11 +47,46 @@ impl RedisServer {
         panic!("redis-server did not start on a free port: {}", s.log());
     }
 
+    /// A server that speaks TLS only, with the certificate of `tests/fixtures/tls` (its CA
+    /// in `ca.pem`), AOF on.
+    pub(crate) fn tls() -> Self {
+        let mut s = Self {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            args: vec!["--appendonly".into(), "yes".into()],
+            tls: true,
+        };
+        for _ in 0..5 {
+            s.port = free_port();
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("redis-server did not start with TLS: {}", s.log());
+    }
+
+    /// The test CA that signed the TLS server's certificate.
+    pub(crate) fn tls_ca() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem")
+    }
+
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
+        if self.tls {
+            let tls = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(tls.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(tls.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        cmd.args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -72,7 +110,8 @@ impl RedisServer {
                 self.child = None;
                 return false;
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.ping() {
+            // A TLS server is ready once it listens; the others once they answer PING.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && (self.tls || self.ping()) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
