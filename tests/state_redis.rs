@@ -1023,6 +1023,27 @@ fn the_guards_work_on_a_three_master_cluster() {
     let view = fleet.flush_now().expect("the cluster answers a flush");
     assert!(view.open_for.is_some(), "{view:?}");
     assert_eq!(breaker.state(), BreakerState::Open);
+
+    // The safety check judges every primary and reports each check's worst node: these
+    // nodes keep nothing on disk.
+    let conn = RedisConnection::connect_cluster(&first, RedisConfig::default()).unwrap();
+    let report = guardrails::state::RedisSafety::new().check(&conn).unwrap();
+    assert_eq!(report.checks.len(), 4, "{report:#?}");
+    let p = report.finding("persistence").unwrap();
+    assert_eq!(
+        p.level,
+        guardrails::state::SafetyLevel::Error,
+        "{report:#?}"
+    );
+    assert!(
+        p.message.contains("127.0.0.1:"),
+        "names the node: {}",
+        p.message
+    );
+    assert_eq!(
+        report.finding("role").unwrap().level,
+        guardrails::state::SafetyLevel::Ok
+    );
 }
 
 /// The lease is renewed while the effect runs: an effect that takes four leases is never

@@ -188,20 +188,53 @@ impl RedisSafety {
                 ));
             }
         }
-        let info_text = text(conn.command("INFO", &redis::cmd("INFO")).await?);
-        let info = parse_info(&info_text);
-        let server = Server {
-            info,
-            appendfsync: config_get(conn, "appendfsync").await,
-            save: config_get(conn, "save").await,
-            policy_config: config_get(conn, "maxmemory-policy").await,
-        };
-        let checks = vec![
-            self.ack(persistence(&server)),
-            self.ack(eviction(&server)),
-            self.ack(self.headroom(&server)),
-            self.ack(role(&server)),
-        ];
+        // On a cluster INFO and CONFIG GET go to every primary and answer a map by node:
+        // each node is judged, and a check reports its worst node.
+        let info = by_node(conn.command("INFO", &redis::cmd("INFO")).await?);
+        let appendfsync = config_get(conn, "appendfsync").await;
+        let save = config_get(conn, "save").await;
+        let policy = config_get(conn, "maxmemory-policy").await;
+        let mut per_node: Vec<(String, Vec<SafetyFinding>)> = Vec::new();
+        for (node, text) in &info {
+            let pick = |m: &Option<Vec<(String, String)>>| -> Option<String> {
+                let m = m.as_ref()?;
+                m.iter()
+                    .find(|(n, _)| n == node)
+                    .or_else(|| m.first())
+                    .map(|(_, v)| v.clone())
+            };
+            let server = Server {
+                info: parse_info(text),
+                appendfsync: pick(&appendfsync),
+                save: pick(&save),
+                policy_config: pick(&policy),
+            };
+            per_node.push((
+                node.clone(),
+                vec![
+                    self.ack(persistence(&server)),
+                    self.ack(eviction(&server)),
+                    self.ack(self.headroom(&server)),
+                    self.ack(role(&server)),
+                ],
+            ));
+        }
+        let several = per_node.len() > 1;
+        let checks = (0..SAFETY_CHECKS.len())
+            .filter_map(|i| {
+                per_node
+                    .iter()
+                    .filter_map(|(node, findings)| findings.get(i).map(|f| (node, f)))
+                    .max_by_key(|(_, f)| f.level)
+                    .map(|(node, f)| {
+                        let mut f = f.clone();
+                        if several {
+                            f.message = format!("{node}: {}", f.message);
+                        }
+                        f
+                    })
+            })
+            .collect();
         Ok(SafetyReport::new(conn.label().to_string(), checks))
     }
 
@@ -482,19 +515,44 @@ fn text(v: redis::Value) -> String {
     }
 }
 
-/// `CONFIG GET name`, or `None` where the server refuses `CONFIG` (managed Redis renames or
-/// disables it) or does not know the parameter.
-async fn config_get(conn: &RedisConnection, name: &str) -> Option<String> {
+/// `CONFIG GET name` by node (one unnamed entry from a single server), or `None` where the
+/// server refuses `CONFIG` (managed Redis renames or disables it).
+async fn config_get(conn: &RedisConnection, name: &str) -> Option<Vec<(String, String)>> {
     let reply = conn
         .command("CONFIG GET", redis::cmd("CONFIG").arg("GET").arg(name))
         .await
         .ok()?;
-    let pair = match reply {
-        redis::Value::Array(items) => items,
-        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => return None,
+    let value_of = |v: redis::Value| -> Option<String> {
+        let pair = match v {
+            redis::Value::Array(items) => items,
+            redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => return None,
+        };
+        let mut it = pair.into_iter();
+        let _name = it.next()?;
+        Some(text(it.next()?))
     };
-    let mut it = pair.into_iter();
-    let _name = it.next()?;
-    Some(text(it.next()?))
+    match reply {
+        // A cluster's answer: node address → that node's reply.
+        redis::Value::Map(pairs)
+            if pairs.first().is_some_and(|(_, v)| {
+                matches!(v, redis::Value::Array(_) | redis::Value::Map(_))
+            }) =>
+        {
+            let nodes: Vec<(String, String)> = pairs
+                .into_iter()
+                .filter_map(|(node, v)| Some((text(node), value_of(v)?)))
+                .collect();
+            (!nodes.is_empty()).then_some(nodes)
+        }
+        other => value_of(other).map(|v| vec![(String::new(), v)]),
+    }
+}
+
+/// An `INFO` reply by node: a cluster answers a map of node address → text.
+fn by_node(reply: redis::Value) -> Vec<(String, String)> {
+    match reply {
+        redis::Value::Map(pairs) => pairs.into_iter().map(|(n, v)| (text(n), text(v))).collect(),
+        other => vec![(String::new(), text(other))],
+    }
 }
