@@ -366,6 +366,11 @@ impl GuardrailError {
             limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
             "timeout"
         );
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::Timeout,
+            name: operation,
+            decision: crate::events::Decision::TimedOut { after: limit },
+        });
         Self::Timeout {
             operation: operation.to_string(),
             elapsed,

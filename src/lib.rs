@@ -76,6 +76,7 @@ pub mod config;
 #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
 pub mod durable;
 pub mod error;
+pub mod events;
 pub mod health;
 #[cfg(feature = "data")]
 #[cfg_attr(docsrs, doc(cfg(feature = "data")))]

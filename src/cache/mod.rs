@@ -767,6 +767,18 @@ where
     fn notify(&self, evicted: Evicted<K, V>) {
         for (k, v, cause) in evicted {
             tracing::debug!(?cause, "cache eviction");
+            let decision = match cause {
+                EvictionCause::Size => Some(crate::events::Decision::CacheEviction),
+                EvictionCause::Expired => Some(crate::events::Decision::CacheExpiry { count: 1 }),
+                EvictionCause::Explicit | EvictionCause::Replaced => None,
+            };
+            if let Some(decision) = decision {
+                crate::events::emit(|| crate::events::GuardEvent {
+                    guard: crate::events::GuardKind::Cache,
+                    name: "cache",
+                    decision,
+                });
+            }
             if let Some(listener) = &self.listener {
                 listener(&k, &v, cause);
             }

@@ -269,7 +269,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     fn record(&self, evicted: &mut Evicted<K, V>, entry: Option<(K, V)>, cause: EvictionCause) {
-        if self.collect
+        // Guard-event sinks hear of evictions and expiries too; with none subscribed this is
+        // one relaxed load, and entries are dropped here as before.
+        if (self.collect || crate::events::enabled())
             && let Some((k, v)) = entry
         {
             evicted.push((k, v, cause));

@@ -461,6 +461,29 @@ impl JsonHardGuard {
         text: &str,
         attempt: u32,
     ) -> std::result::Result<Parsed<Value>, Vec<Problem>> {
+        let result = self.judge_value(text, attempt);
+        let decision = match &result {
+            Ok(parsed) if !parsed.fixes.is_empty() => Some(crate::events::Decision::JsonRepaired),
+            Err(_) => Some(crate::events::Decision::ValidationFailed {
+                check: "json_answer",
+            }),
+            Ok(_) => None,
+        };
+        if let Some(decision) = decision {
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::JsonGuard,
+                name: "json_guard",
+                decision,
+            });
+        }
+        result
+    }
+
+    fn judge_value(
+        &self,
+        text: &str,
+        attempt: u32,
+    ) -> std::result::Result<Parsed<Value>, Vec<Problem>> {
         let problem = |kind, message: String| {
             vec![Problem {
                 attempt,
@@ -905,6 +928,11 @@ impl<'g> Run<'g> {
     }
 
     fn give_up<T, F: FnOnce() -> T>(self, fallback: Option<F>) -> Result<Outcome<T>> {
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::JsonGuard,
+            name: "json_guard",
+            decision: crate::events::Decision::JsonFallback,
+        });
         match fallback {
             Some(f) if self.guard.config.fallback_enabled => {
                 tracing::error!(

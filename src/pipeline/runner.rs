@@ -241,6 +241,11 @@ impl StageContext<'_, '_> {
         }
         self.skipped = self.skipped.saturating_add(1);
         tracing::warn!(stage = %self.stage.stage(), item = %id, error = %error.report(), "item quarantined");
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::Stage,
+            name: self.stage.stage(),
+            decision: crate::events::Decision::Quarantined,
+        });
         if self.quarantine.len() < MAX_QUARANTINE {
             self.quarantine.push(QuarantineEntry {
                 stage: self.stage.stage().to_string(),
@@ -681,6 +686,15 @@ impl PipelineGuardrails {
             });
         }
         for g in &gates {
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::Stage,
+                name: stage,
+                decision: crate::events::Decision::GateResult {
+                    gate: &g.gate,
+                    passed: g.passed,
+                    mandatory: g.mandatory,
+                },
+            });
             if g.passed {
                 tracing::info!(stage, gate = %g.gate, message = %g.message, "gate passed");
             } else if g.mandatory {

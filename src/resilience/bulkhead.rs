@@ -141,6 +141,13 @@ impl Bulkhead {
 
     fn full(&self) -> GuardrailError {
         tracing::warn!(name = %self.name, max_concurrent = self.config.max_concurrent, "bulkhead full");
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::Bulkhead,
+            name: &self.name,
+            decision: crate::events::Decision::BulkheadFull {
+                max_concurrent: self.config.max_concurrent,
+            },
+        });
         GuardrailError::BulkheadFull {
             name: self.name.to_string(),
             max_concurrent: self.config.max_concurrent,

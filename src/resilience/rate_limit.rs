@@ -295,6 +295,11 @@ impl RateLimiter {
 
     #[cold]
     fn limited(&self, retry_after: Duration) -> GuardrailError {
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::RateLimiter,
+            name: &self.name,
+            decision: crate::events::Decision::RateLimited { retry_after },
+        });
         tracing::debug!(name = %self.name, retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX), "rate limited");
         GuardrailError::RateLimited {
             name: self.name.to_string(),

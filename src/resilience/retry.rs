@@ -432,6 +432,11 @@ impl RetryPolicy {
     }
 
     fn log_retry<T>(&self, attempt: u32, failure: &Failure<T>, delay: Duration) {
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::Retry,
+            name: &self.name,
+            decision: crate::events::Decision::Retry { attempt, delay },
+        });
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         match failure {
             Failure::Error(e) => tracing::warn!(
@@ -452,14 +457,23 @@ impl RetryPolicy {
     }
 
     fn finish<T>(&self, outcome: std::result::Result<T, Failure<T>>, attempts: u32) -> Result<T> {
+        let exhausted = || {
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::Retry,
+                name: &self.name,
+                decision: crate::events::Decision::RetriesExhausted { attempts },
+            });
+        };
         match outcome {
             Ok(v) => Ok(v),
             Err(Failure::Rejected(v)) => {
                 tracing::warn!(name = %self.name, attempts, "retries exhausted on rejected result, returning the last one");
+                exhausted();
                 Ok(v)
             }
             Err(Failure::Error(e)) if self.should_retry(&e) => {
                 tracing::warn!(name = %self.name, attempts, error = %e.report(), "retries exhausted");
+                exhausted();
                 Err(GuardrailError::RetriesExhausted {
                     attempts,
                     last: Box::new(e),

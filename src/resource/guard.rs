@@ -70,6 +70,16 @@ pub fn resource_guard<'a>(
         .max_by_key(|v| v.severity)
     {
         tracing::warn!(resource = %worst.resource, used = worst.used, limit = worst.limit, "resource guard refused entry");
+        if crate::events::enabled() {
+            let resource = worst.resource.to_string();
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::Resources,
+                name: "resource_guard",
+                decision: crate::events::Decision::LimitHit {
+                    resource: &resource,
+                },
+            });
+        }
         return Err(worst.to_error());
     }
     let (rss, fds, free) = usage_point(&snapshot, check_path);

@@ -216,6 +216,36 @@ impl Idempotency {
         T: Serialize + DeserializeOwned,
         F: FnOnce(Fence) -> Result<T>,
     {
+        let result = self.run_claimed(key, fingerprint, effect);
+        if crate::events::enabled() {
+            let outcome = match &result {
+                Ok(Outcome::Executed(_)) => "executed",
+                Ok(Outcome::Cached(_)) => "cached",
+                Ok(Outcome::InProgress { .. }) => "in_progress",
+                Ok(Outcome::Mismatch { .. }) => "mismatch",
+                Ok(Outcome::Failed { .. }) => "failed",
+                Err(e) if e.to_string().contains("no longer holds the key") => "stale_fence",
+                Err(e) => match e.class() {
+                    ErrorClass::Retryable | ErrorClass::Recoverable => "released",
+                    _ => "failed",
+                },
+            };
+            // The effect's type names it, never the entity: keys are unbounded.
+            let name = effect_type(&self.config.prefix, key);
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::Idempotency,
+                name,
+                decision: crate::events::Decision::Idempotency { outcome },
+            });
+        }
+        result
+    }
+
+    fn run_claimed<T, F>(&self, key: &str, fingerprint: &str, effect: F) -> Result<Outcome<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Fence) -> Result<T>,
+    {
         if let Some(cache) = &self.cache
             && let Some((stored, bytes)) = cache.get(key)
         {
@@ -504,6 +534,15 @@ impl Renewer {
             }
         }
     }
+}
+
+/// The `TYPE` of a key `PREFIX:TYPE:ENTITY`, or the prefix for a key of another shape.
+fn effect_type<'a>(prefix: &'a str, key: &'a str) -> &'a str {
+    key.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|rest| rest.split(':').next())
+        .filter(|t| !t.is_empty())
+        .unwrap_or(prefix)
 }
 
 fn owner_id() -> String {

@@ -161,6 +161,14 @@ impl FallbackChain {
             served: served.to_string(),
         };
         tracing::warn!(chain = %event.chain, preferred = %event.preferred, served = %event.served, "downshift");
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::Fallback,
+            name: &event.chain,
+            decision: crate::events::Decision::Downshift {
+                preferred: &event.preferred,
+                served: &event.served,
+            },
+        });
         self.listeners.notify(&event);
     }
 }

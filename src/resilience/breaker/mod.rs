@@ -573,6 +573,11 @@ impl CircuitBreaker {
         let rejected = |retry_after: Option<Duration>| {
             self.not_permitted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(name = %self.name, state = %state_of(word), "call not permitted");
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::Breaker,
+                name: &self.name,
+                decision: crate::events::Decision::CallNotPermitted,
+            });
             Err(GuardrailError::CircuitOpen {
                 name: self.name.to_string(),
                 retry_after,
@@ -762,6 +767,15 @@ impl CircuitBreaker {
     }
 
     fn announce(&self, event: &StateTransition) {
+        crate::events::emit(|| crate::events::GuardEvent {
+            guard: crate::events::GuardKind::Breaker,
+            name: &event.name,
+            decision: crate::events::Decision::BreakerTransition {
+                from: event.from.as_str(),
+                to: event.to.as_str(),
+                failure_rate: event.failure_rate,
+            },
+        });
         match event.to {
             BreakerState::Open | BreakerState::ForcedOpen => tracing::warn!(
                 name = %event.name,
