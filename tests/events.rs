@@ -191,3 +191,23 @@ fn the_cache_reports_evictions_for_room() {
         )]
     );
 }
+
+#[test]
+fn the_resource_guard_reports_the_limit_it_refused_on() {
+    use guardrails::resource::{ResourceLimits, ResourceMonitor, resource_guard};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let _sub = events::subscribe(move |e| {
+        if let Decision::LimitHit { resource } = &e.decision {
+            sink.lock().unwrap().push(format!("{} {resource}", e.name));
+        }
+    });
+    let strict = ResourceMonitor::new(
+        ResourceLimits::new()
+            .with_max_memory_bytes(1)
+            .with_min_free_disk_bytes(0),
+    )
+    .unwrap();
+    assert!(resource_guard(&strict, None).is_err());
+    assert_eq!(*seen.lock().unwrap(), ["resource_guard memory"]);
+}
