@@ -246,9 +246,32 @@ fn a_failed_mandatory_gate_commits_nothing_and_names_the_stage_gate_and_figures(
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::write(&target, "id,score\nold,1\nold2,2\nold3,3\n").unwrap();
     let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
+    // The gate's result is a guard event too (sinks run on the deciding thread: this one).
+    let me = std::thread::current().id();
+    let gates: std::sync::Arc<std::sync::Mutex<Vec<(String, String, bool, bool)>>> =
+        Default::default();
+    let sink = std::sync::Arc::clone(&gates);
+    let subscription = guardrails::events::subscribe(move |e| {
+        if std::thread::current().id() == me
+            && let guardrails::events::Decision::GateResult {
+                gate,
+                passed,
+                mandatory,
+            } = &e.decision
+        {
+            sink.lock()
+                .unwrap()
+                .push((e.name.to_string(), gate.to_string(), *passed, *mandatory));
+        }
+    });
     let err = pipeline
         .run_stage("extract", |ctx| write_csv(ctx, "rows", &csv(2)))
         .unwrap_err();
+    drop(subscription);
+    assert_eq!(
+        *gates.lock().unwrap(),
+        [("extract".to_string(), "enough".to_string(), false, true)]
+    );
     assert_eq!(err.kind(), ErrorKind::Stage);
     assert_eq!(err.class(), ErrorClass::Validation);
     assert_eq!(
