@@ -248,8 +248,8 @@ fn a_failed_mandatory_gate_commits_nothing_and_names_the_stage_gate_and_figures(
     let mut pipeline = PipelineGuardrails::open(builder_plan(dir.path())).unwrap();
     // The gate's result is a guard event too (sinks run on the deciding thread: this one).
     let me = std::thread::current().id();
-    let gates: std::sync::Arc<std::sync::Mutex<Vec<(String, String, bool, bool)>>> =
-        Default::default();
+    type Gates = std::sync::Arc<std::sync::Mutex<Vec<(String, String, bool, bool)>>>;
+    let gates: Gates = Default::default();
     let sink = std::sync::Arc::clone(&gates);
     let subscription = guardrails::events::subscribe(move |e| {
         if std::thread::current().id() == me
