@@ -273,11 +273,7 @@ impl RedisConnection {
     }
 
     fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.inner.secrets {
-            out = out.replace(s.as_str(), "***");
-        }
-        out
+        scrub_with(&self.inner.secrets, text)
     }
 }
 
