@@ -13,7 +13,7 @@
 //! | [`Retryable`](ErrorClass::Retryable) | the same call may succeed if tried again | timeout, rate limited, bulkhead full, interrupted or reset I/O, a store locked past its busy timeout |
 //! | [`Recoverable`](ErrorClass::Recoverable) | do not repeat it now, but the pipeline can go on with a fallback, a smaller batch or after freeing something | resource exhausted, circuit open, retries exhausted, disk full (a store's too) |
 //! | [`Fatal`](ErrorClass::Fatal) | stop: a human must change something | configuration, file not found, permission denied, cancelled, a damaged or newer-schema store |
-//! | [`Validation`](ErrorClass::Validation) | the input data is wrong; skip or quarantine it | data integrity, invalid or truncated file content |
+//! | [`Validation`](ErrorClass::Validation) | the input data is wrong; skip or quarantine it | data integrity, invalid or truncated file content, a metric label set the cardinality guard refuses |
 //!
 //! Context (stage, operation, correlation id, recovery hint) is attached with
 //! [`ResultExt`] or [`GuardrailError::with_context`]. It never hides the variant:
@@ -129,6 +129,8 @@ pub enum ErrorKind {
     Store,
     /// [`GuardrailError::Stage`]
     Stage,
+    /// [`GuardrailError::Cardinality`]
+    Cardinality,
 }
 
 impl ErrorKind {
@@ -149,6 +151,7 @@ impl ErrorKind {
             Self::JsonGuard => "json_guard",
             Self::Store => "store",
             Self::Stage => "stage",
+            Self::Cardinality => "cardinality",
         }
     }
 }
@@ -310,6 +313,16 @@ pub enum GuardrailError {
         class: ErrorClass,
     },
 
+    /// A metric's labels were refused by the cardinality guard: a forbidden label name
+    /// (an id, a timestamp) or one label set too many for the metric.
+    #[error("cardinality: metric {metric}: {reason}")]
+    Cardinality {
+        /// The metric.
+        metric: String,
+        /// What is wrong, naming the label or the cap.
+        reason: String,
+    },
+
     /// The caller's own error, carried through guards with a class the caller chose.
     #[error(transparent)]
     External(ExternalError),
@@ -421,6 +434,7 @@ impl GuardrailError {
             Self::JsonGuard { .. } => ErrorKind::JsonGuard,
             Self::Store { .. } => ErrorKind::Store,
             Self::Stage { .. } => ErrorKind::Stage,
+            Self::Cardinality { .. } => ErrorKind::Cardinality,
             // `inner()` never returns these layers.
             Self::Context(_) | Self::Shared(_) => ErrorKind::External,
         }
@@ -437,7 +451,9 @@ impl GuardrailError {
             Self::ResourceExhausted { .. }
             | Self::CircuitOpen { .. }
             | Self::RetriesExhausted { .. } => ErrorClass::Recoverable,
-            Self::DataIntegrity { .. } | Self::JsonGuard { .. } => ErrorClass::Validation,
+            Self::DataIntegrity { .. } | Self::JsonGuard { .. } | Self::Cardinality { .. } => {
+                ErrorClass::Validation
+            }
             Self::Config { .. } | Self::Cancelled { .. } => ErrorClass::Fatal,
             Self::Io { source, .. } => io_class(source.kind()),
             Self::Store { class, .. } | Self::Stage { class, .. } => *class,
@@ -583,6 +599,7 @@ impl GuardrailError {
                 reason,
                 ..
             } => json!({ "stage": stage, "check": check, "reason": reason }),
+            Self::Cardinality { metric, reason } => json!({ "metric": metric, "reason": reason }),
             Self::External(_) => json!({}),
             Self::Context(_) | Self::Shared(_) => return self.inner().fields(),
         };

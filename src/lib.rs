@@ -48,12 +48,10 @@
 //! | `redis` | shared guard state in Redis |
 //! | `cli` | the `guardrails` command-line tool |
 //! | `tower` | [`tower`] layers for the breaker, bulkhead and rate limiter |
-//! | `metrics` | metrics export |
+//! | `metrics` | every guard decision as a metric through the `metrics` facade, the cardinality guard as a `metrics-util` layer, the Prometheus exporter (without TLS) |
 //! | `durable` | durable stage outputs (Unix): atomic file and directory writes, atomic stages, the run registry on SQLite (rusqlite, bundled), checkpoints, resume, verify/repair |
 //! | `pipeline` | `PipelineGuardrails`: declared stages with preflight, quality gates, quarantine and a guarded runner (turns on `data` and `durable`) |
 //! | `full` | all of the above |
-//!
-//! `redis` and `metrics` are accepted and turn on nothing yet: their parts have not landed.
 //!
 //! # Layers
 //!
@@ -61,7 +59,7 @@
 //! processes under a deadline) and a bounded pool for closures under a deadline are the
 //! foundation, with one listener registry; the primitives ([`resource`], [`resilience`]'s
 //! guards, [`cache`], [`json_guard`], `integrity`) build on them and never on each other;
-//! [`resilience::policy`] and [`health`] compose them; the CLI and the `tower` layers are
+//! [`resilience::policy`], [`health`] and [`observe`] compose them; the CLI and the `tower` layers are
 //! surfaces over them. See `DESIGN.md` in the repository for the map.
 
 #![forbid(unsafe_code)]
@@ -83,6 +81,7 @@ pub mod health;
 pub mod integrity;
 pub mod json_guard;
 mod listeners;
+pub mod observe;
 #[cfg(all(feature = "pipeline", unix))]
 #[cfg_attr(docsrs, doc(cfg(feature = "pipeline")))]
 pub mod pipeline;

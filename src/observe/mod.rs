@@ -1,0 +1,14 @@
+//! Observability: guard decisions as metrics, the cardinality guard, and (to come) alert
+//! hooks and the metrics history.
+//!
+//! This layer subscribes to the [guard events](crate::events); the primitives never call
+//! it. The cardinality guard is always on (it has no dependencies); the `metrics` facade,
+//! `metrics-util`'s layer and the Prometheus exporter need feature `metrics`.
+
+pub mod cardinality;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod prometheus;
