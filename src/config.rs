@@ -219,6 +219,15 @@ pub(crate) fn in_section(section: &str, err: GuardrailError) -> GuardrailError {
     }
 }
 
+/// Parses a TOML document into `T`; an error names the key's dotted path and the line.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_problem(text, ".", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        toml_problem(text, &field, e.inner())
+    })
+}
+
 fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> GuardrailError {
     let mut reason = e.message().trim_end_matches('\n').to_string();
     if let Some(span) = e.span() {

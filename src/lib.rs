@@ -49,6 +49,7 @@
 //! | `cli` | the `guardrails` command-line tool |
 //! | `tower` | [`tower`] layers for the breaker, bulkhead and rate limiter |
 //! | `metrics` | every guard decision as a metric through the `metrics` facade, the cardinality guard as a `metrics-util` layer, the Prometheus exporter (without TLS) |
+//! | `http` | the HTTP health server (axum): `/health`, live/ready, `/health/llm`, `/metrics`; HTTP model probes (ureq; turns on `async` and `metrics`) |
 //! | `durable` | durable stage outputs (Unix): atomic file and directory writes, atomic stages, the run registry on SQLite (rusqlite, bundled), checkpoints, resume, verify/repair |
 //! | `pipeline` | `PipelineGuardrails`: declared stages with preflight, quality gates, quarantine and a guarded runner (turns on `data` and `durable`) |
 //! | `full` | all of the above |
@@ -88,6 +89,9 @@ pub mod pipeline;
 pub mod process;
 pub mod resilience;
 pub mod resource;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod server;
 pub mod state;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

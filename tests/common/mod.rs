@@ -1,6 +1,8 @@
 //! Helpers shared by the integrity tests.
 #![allow(dead_code)] // each test crate uses its own subset
 
+#[cfg(feature = "http")]
+pub(crate) mod http;
 pub(crate) mod process;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

@@ -16,6 +16,7 @@ mod output;
 mod pipeline_cmd;
 mod redis_cmd;
 mod runs_cmd;
+mod serve_cmd;
 mod validate_cmd;
 
 use output::{Format, Output};
@@ -67,6 +68,10 @@ enum Command {
     /// Read a pipeline's run registry: runs, stage attempts, artifacts, consistency.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),
+    /// Serve health and metrics over HTTP (/health, /health/{name}, /health/live,
+    /// /health/ready, /health/llm?model=NAME|all, /metrics) until SIGINT or SIGTERM. Exit 0
+    /// after a clean stop, 2 for a bad config or an address that cannot be bound.
+    Serve(serve_cmd::ServeArgs),
     /// Check data files before a pipeline uses them.
     #[command(subcommand)]
     Validate(validate_cmd::ValidateCommand),
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
         Command::Once(args) => return once_cmd::run(args),
         Command::Redis(cmd) => redis_cmd::run(cmd, &out),
         Command::Runs(cmd) => runs_cmd::run(cmd, &out),
+        Command::Serve(args) => serve_cmd::run(args, &out),
         Command::Validate(cmd) => validate_cmd::run(cmd, &out),
     };
     ExitCode::from(status as u8)
