@@ -1009,3 +1009,103 @@ fn redis_check_speaks_tls_to_a_rediss_url_and_refuses_an_unknown_certificate() {
     let out = run(None);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn serve_answers_health_and_metrics_until_sigterm_and_refuses_a_bad_config_with_2() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    use common::http::{Answer, FakeHttp};
+
+    let model = FakeHttp::start(|req| match req.path.as_str() {
+        "/ok" => Answer::json(200, r#"{"ok": true}"#),
+        _ => Answer::json(500, "{}"),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "serve.toml",
+        &format!(
+            "[server]\ntoken_env = \"GUARDRAILS_TEST_TOKEN\"\n\
+             [[models]]\nname = \"good\"\n[models.probe]\nurl = \"{}\"\njson_answer = true\n\
+             [[models]]\nname = \"down\"\nrequired = false\n[models.probe]\nurl = \"{}\"\n",
+            model.url("/ok"),
+            model.url("/fail")
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardrails"))
+        .args([
+            "serve",
+            "--config",
+            &config,
+            "--bind",
+            "127.0.0.1:0",
+            "--format",
+            "json",
+        ])
+        .env("GUARDRAILS_TEST_TOKEN", "tok")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    // The address comes as one JSON line; its closing brace ends the document.
+    while !first.trim_end().ends_with('}') {
+        assert!(
+            stdout.read_line(&mut first).unwrap() > 0,
+            "serve exited early"
+        );
+    }
+    let listening: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let base = format!("http://{}", listening["listening"].as_str().unwrap());
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = agent.get(&format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.call().unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.body_mut().read_to_string().unwrap())
+    };
+    let (code, body) = get("/health/llm?model=good", None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = get("/health/llm?model=down", Some("tok"));
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("probe_failed") && body.contains("status 500"),
+        "{body}"
+    );
+    // The failing model is optional: ready, but degraded.
+    assert_eq!(get("/health/ready", None).0, 200);
+    let (code, body) = get("/health", None);
+    assert_eq!(code, 200);
+    assert!(body.contains("DEGRADED"), "{body}");
+    let (code, body) = get("/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("llm_health_status{model=\"down\"} 0"),
+        "{body}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    let bad = write(dir.path(), "bad.toml", "[server]\nbind = 7\n");
+    let out = guardrails(&["serve", "--config", &bad]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server.bind"),
+        "{out:?}"
+    );
+}

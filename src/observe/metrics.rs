@@ -134,8 +134,6 @@ metric_docs! {
         "LLM answers the JSON guard repaired into valid JSON";
     JSON_FALLBACKS = "llm_json_fallback_used_total", Counter, ["name"],
         "calls the JSON guard answered with its fallback (or an error) after its attempts";
-    VALIDATION_FAILURES = "guardrails_validation_failures_total", Counter, ["guard", "name", "check"],
-        "data or answer checks that failed (other than the JSON guard's)";
     GATE_RESULTS = "guardrails_stage_gate_results_total", Counter, ["stage", "gate", "result"],
         "stage gates judged (result = passed, failed or warned)";
     QUARANTINED = "guardrails_stage_quarantined_total", Counter, ["stage"],
@@ -345,15 +343,9 @@ impl GuardMetrics {
             Decision::ValidationFailed { .. } if e.guard == GuardKind::JsonGuard => {
                 self.counter(JSON_PARSE_FAILURES, &[("name", name)], 1)
             }
-            Decision::ValidationFailed { check } => self.counter(
-                VALIDATION_FAILURES,
-                &[
-                    ("guard", e.guard.as_str()),
-                    ("name", name),
-                    ("check", check),
-                ],
-                1,
-            ),
+            // Only the JSON guard emits it today; another guard's failures get a documented
+            // metric of their own when it does.
+            Decision::ValidationFailed { .. } => {}
             Decision::GateResult {
                 gate,
                 passed,
