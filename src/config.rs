@@ -220,6 +220,7 @@ pub(crate) fn in_section(section: &str, err: GuardrailError) -> GuardrailError {
 }
 
 /// Parses a TOML document into `T`; an error names the key's dotted path and the line.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     let de = toml::Deserializer::parse(text).map_err(|e| toml_problem(text, ".", &e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -5,6 +5,7 @@
 //! it. The cardinality guard is always on (it has no dependencies); the `metrics` facade,
 //! `metrics-util`'s layer and the Prometheus exporter need feature `metrics`.
 
+pub mod alerts;
 pub mod cardinality;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
