@@ -258,15 +258,8 @@ impl CardinalityGuard {
     /// [`GuardrailError::Cardinality`] in mode `Strict`, naming the metric and the
     /// forbidden label or the cap.
     pub fn check(&self, metric: &str, labels: &[(&str, &str)]) -> Result<Verdict> {
-        if let Some((name, _)) = labels.iter().find(|(name, _)| self.is_forbidden(name)) {
-            return self.refuse(metric, Some(name), || {
-                format!("label {name:?} is forbidden (its values are unbounded: ids, timestamps)")
-            });
-        }
-        let cap = self.config.max_series_per_metric;
-        if cap == 0 {
-            return Ok(Verdict::Allowed);
-        }
+        // A set allowed before had its names judged then: the hot path is one hash and
+        // one read-locked lookup.
         let hash = self.label_set_hash(labels);
         if self
             .series
@@ -274,6 +267,16 @@ impl CardinalityGuard {
             .get(metric)
             .is_some_and(|s| s.seen.contains(&hash))
         {
+            return Ok(Verdict::Allowed);
+        }
+        if let Some((name, _)) = labels.iter().find(|(name, _)| self.is_forbidden(name)) {
+            return self.refuse(metric, Some(name), || {
+                format!("label {name:?} is forbidden (its values are unbounded: ids, timestamps)")
+            });
+        }
+        let cap = self.config.max_series_per_metric;
+        if cap == 0 {
+            // No cap: nothing to count, and nothing remembered (the names are judged each time).
             return Ok(Verdict::Allowed);
         }
         let over = {

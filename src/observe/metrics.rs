@@ -179,17 +179,32 @@ impl<H: Clone> Handles<H> {
     }
 
     fn find(&self, hash: u64, name: &str, labels: &[(&'static str, &str)]) -> Option<H> {
-        self.table
-            .read()
-            .find(hash, |e| {
-                e.name == name
-                    && e.labels.len() == labels.len()
-                    && e.labels
-                        .iter()
-                        .zip(labels)
-                        .all(|((ek, ev), (k, v))| ek == k && &**ev == *v)
-            })
-            .map(|e| e.handle.clone())
+        let mut found = None;
+        self.with(hash, name, labels, |h| found = Some(h.clone()));
+        found
+    }
+
+    /// Runs `f` on the cached handle, under the read lock (no reference-count traffic);
+    /// whether there was one.
+    #[inline]
+    fn with(
+        &self,
+        hash: u64,
+        name: &str,
+        labels: &[(&'static str, &str)],
+        f: impl FnOnce(&H),
+    ) -> Option<()> {
+        let table = self.table.read();
+        let entry = table.find(hash, |e| {
+            e.name == name
+                && e.labels.len() == labels.len()
+                && e.labels
+                    .iter()
+                    .zip(labels)
+                    .all(|((ek, ev), (k, v))| ek == k && &**ev == *v)
+        })?;
+        f(&entry.handle);
+        Some(())
     }
 
     fn insert(&self, hash: u64, name: &'static str, labels: &[(&'static str, &str)], handle: H) {
@@ -440,11 +455,13 @@ impl GuardMetrics {
     /// Records `value` in the histogram `name` with `labels`.
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
         let inner = &*self.inner;
-        if let Some(h) = inner.handle(&inner.histograms, name, labels, |r, k, m| {
-            r.register_histogram(k, m)
-        }) {
-            h.record(value);
-        }
+        inner.handle(
+            &inner.histograms,
+            name,
+            labels,
+            |r, k, m| r.register_histogram(k, m),
+            |h| h.record(value),
+        );
     }
 }
 
@@ -458,11 +475,13 @@ impl Inner {
         labels: &[(&'static str, &str)],
         f: impl FnOnce(&Counter),
     ) {
-        if let Some(c) = self.handle(&self.counters, name, labels, |r, k, m| {
-            r.register_counter(k, m)
-        }) {
-            f(&c);
-        }
+        self.handle(
+            &self.counters,
+            name,
+            labels,
+            |r, k, m| r.register_counter(k, m),
+            f,
+        );
     }
 
     fn absolute(&self, name: &'static str, labels: &[(&'static str, &str)], value: u64) {
@@ -470,25 +489,39 @@ impl Inner {
     }
 
     fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
-        if let Some(g) = self.handle(&self.gauges, name, labels, |r, k, m| r.register_gauge(k, m)) {
-            g.set(value);
-        }
+        self.handle(
+            &self.gauges,
+            name,
+            labels,
+            |r, k, m| r.register_gauge(k, m),
+            |g| g.set(value),
+        );
     }
 
-    /// The cached handle of `name` with `labels`, registered (after the cardinality guard
-    /// judged the set) on first sight; `None` where the guard refused it.
+    /// Runs `use_it` on the cached handle of `name` with `labels`, registered (after the
+    /// cardinality guard judged the set) on first sight; nothing where the guard refused it.
+    #[inline]
     fn handle<H: Clone>(
         &self,
         handles: &Handles<H>,
         name: &'static str,
         labels: &[(&'static str, &str)],
         register: impl FnOnce(&dyn metrics::Recorder, &Key, &metrics::Metadata<'_>) -> H,
-    ) -> Option<H> {
+        use_it: impl FnOnce(&H),
+    ) {
         let hash = self.hash(name, labels);
-        if let Some(h) = handles.find(hash, name, labels) {
-            return Some(h);
+        let mut use_it = Some(use_it);
+        let found = handles.with(hash, name, labels, |h| {
+            if let Some(f) = use_it.take() {
+                f(h)
+            }
+        });
+        if found.is_none()
+            && let Some(h) = self.register_new(handles, hash, name, labels, register)
+            && let Some(f) = use_it.take()
+        {
+            f(&h);
         }
-        self.register_new(handles, hash, name, labels, register)
     }
 
     #[cold]
