@@ -15,7 +15,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use guardrails::cache::LruTtlCache;
 use guardrails::events::{Decision, GuardEvent, GuardKind};
 use guardrails::observe::cardinality::{CardinalityConfig, CardinalityGuard};
-use guardrails::observe::metrics::GuardMetrics;
 use guardrails::observe::prometheus::{PrometheusConfig, PrometheusExporter};
 use guardrails::resilience::{BreakerConfig, CircuitBreaker};
 
