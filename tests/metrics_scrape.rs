@@ -12,6 +12,7 @@ use guardrails::ManualClock;
 use guardrails::cache::LruTtlCache;
 use guardrails::health::HealthRegistry;
 use guardrails::json_guard::{JsonGuardConfig, JsonHardGuard};
+use guardrails::observe::alerts::{AlertHooks, AlertSink};
 use guardrails::observe::metrics::{METRICS, MetricKind};
 use guardrails::observe::model_health::{ModelHealthCheck, ModelHealthConfig};
 use guardrails::observe::prometheus::{PrometheusConfig, PrometheusExporter};
@@ -86,6 +87,9 @@ fn a_scrape_after_the_scenario_holds_every_documented_metric() {
     let exporter = Arc::new(PrometheusExporter::install(PrometheusConfig::default()).unwrap());
     let metrics = exporter.metrics().clone();
     let clock = ManualClock::new();
+    let alerts =
+        Arc::new(AlertHooks::new(AlertHooks::default_rules()).with_sink(AlertSink::metric()));
+    let _alerting = alerts.subscribe();
 
     // Breaker: two failures open it, the third call is refused.
     let breaker = Arc::new(
@@ -278,6 +282,10 @@ fn a_scrape_after_the_scenario_holds_every_documented_metric() {
         ("guardrails_stage_quarantined_total{stage=\"extract\"}", 1.0),
         ("llm_health_status{model=\"scrape-model\"}", 0.0),
         ("user_orders_total{overflow=\"true\"}", 2.0),
+        (
+            "guardrails_alerts_total{alertname=\"CircuitBreakerOpen\",severity=\"critical\",status=\"firing\"}",
+            2.0,
+        ),
         ("user_orders_total{region=\"eu\"}", 1.0),
     ];
     for (series, want) in expect {

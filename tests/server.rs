@@ -325,3 +325,60 @@ fn bad_serve_configs_are_refused_with_the_key() {
         assert!(err.to_string().contains(key), "{toml}: {err}");
     }
 }
+
+#[test]
+fn a_request_past_its_timeout_is_answered_503() {
+    let mut registry = HealthRegistry::new();
+    registry.register(
+        "hangs",
+        CheckOptions::required(Duration::from_secs(10)),
+        || {
+            // The fault itself: a dependency that does not answer.
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(HealthStatus::Healthy)
+        },
+    );
+    let server = HealthServer::new(
+        ServerConfig {
+            request_timeout: Duration::from_millis(200),
+            ..local()
+        },
+        registry,
+    )
+    .unwrap()
+    .start_background()
+    .unwrap();
+    let (code, body) = get(&format!("http://{}/health", server.local_addr()), None);
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"], "request timed out");
+    // Liveness never waits for checks.
+    assert_eq!(
+        get(&format!("http://{}/health/live", server.local_addr()), None).0,
+        200
+    );
+}
+
+#[cfg(feature = "json")]
+#[test]
+fn an_answer_that_breaks_the_probe_schema_is_invalid() {
+    let model = FakeHttp::start(|_| Answer::json(200, r#"{"ok": "yes"}"#));
+    let toml = format!(
+        "[metrics]\nenabled = false\n[server]\ndetails = \"always\"\n\
+         [[models]]\nname = \"typed\"\n[models.probe]\nurl = \"{}\"\n\
+         schema = {{ type = \"object\", required = [\"ok\"], properties = {{ ok = {{ type = \"boolean\" }} }} }}\n",
+        model.url("/")
+    );
+    let mut config = ServeConfig::from_toml(&toml).unwrap();
+    config.server.bind = "127.0.0.1:0".parse().unwrap();
+    let server = config.build().unwrap().start_background().unwrap();
+    let (code, body) = get(
+        &format!("http://{}/health/llm?model=typed", server.local_addr()),
+        None,
+    );
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (503, Some("invalid_answer")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().starts_with("/ok: "), "{body}");
+}

@@ -229,7 +229,7 @@ impl AlertSink {
             Self::Metric => {
                 #[cfg(feature = "metrics")]
                 metrics::counter!(
-                    "guardrails_alerts_total",
+                    super::metrics::ALERTS,
                     "alertname" => alert.name.clone(),
                     "severity" => alert.severity.as_str(),
                     "status" => match alert.status {

@@ -140,6 +140,8 @@ metric_docs! {
         "items a stage quarantined";
     IDEMPOTENCY = "guardrails_idempotency_outcomes_total", Counter, ["effect", "outcome"],
         "what each exactly-once call came to (executed, cached, in_progress, mismatch, failed, released, stale_fence)";
+    ALERTS = "guardrails_alerts_total", Counter, ["alertname", "severity", "status"],
+        "alerts delivered by the alert hooks' metric sink (status = firing or resolved)";
     LLM_HEALTH_STATUS = "llm_health_status", Gauge, ["model"],
         "a model's health: 1 healthy, 0 unhealthy";
     LLM_HEALTH_DURATION = "llm_health_check_duration_seconds", Histogram, ["model"],

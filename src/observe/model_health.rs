@@ -221,9 +221,13 @@ impl ModelHealthCheck {
     pub fn with_json_guard(self, guard: Arc<crate::json_guard::JsonHardGuard>) -> Self {
         self.with_answer_check(move |answer| match guard.parse_value(answer) {
             Ok(_) => Ok(()),
-            Err(problems) => Err(problems
-                .first()
-                .map_or_else(|| "no valid JSON".to_string(), |p| p.message.clone())),
+            Err(problems) => Err(problems.first().map_or_else(
+                || "no valid JSON".to_string(),
+                |p| match &p.path {
+                    Some(path) => format!("{path}: {}", p.message),
+                    None => p.message.clone(),
+                },
+            )),
         })
     }
 
