@@ -1,7 +1,7 @@
 //! What observability costs a guarded call: the breaker's closed path and a cache hit with
 //! and without the Prometheus recorder (and the guard metrics) installed, a recorded
 //! decision through cached handles against `metrics`' own `counter!` registration, and the
-//! cardinality guard's check of a 4-label set.
+//! cardinality guard's check of a 4-label set; an anomaly check per sample.
 //!
 //! `cargo bench --features http --bench observe`
 // criterion_group! generates undocumented functions.
@@ -96,5 +96,55 @@ fn cardinality(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, guarded_calls, cardinality);
+fn detect(c: &mut Criterion) {
+    use guardrails::observe::detect::{Baseline, DetectorConfig, Judge};
+    let samples: Vec<f64> = (0..4096)
+        .map(|i| 100.0 + ((i * 7919) % 97) as f64 / 10.0)
+        .collect();
+    let mut g = c.benchmark_group("anomaly_check_per_sample");
+    let mut z = Baseline::new(DetectorConfig::default()).unwrap();
+    let mut i = 0usize;
+    g.bench_function("guardrails_zscore", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            black_box(z.observe(black_box(samples[i])))
+        })
+    });
+    let mut p = Baseline::new(DetectorConfig {
+        judge: Judge::Percentile {
+            quantile: 0.99,
+            factor: 1.0,
+        },
+        ..DetectorConfig::default()
+    })
+    .unwrap();
+    g.bench_function("guardrails_percentile", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            black_box(p.observe(black_box(samples[i])))
+        })
+    });
+    // The floor: Welford's update and a z-score, by hand.
+    let (mut n, mut mean, mut m2) = (0f64, 0f64, 0f64);
+    g.bench_function("bare_welford_zscore", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            let x = black_box(samples[i]);
+            let sd = if n > 1.0 {
+                (m2 / (n - 1.0)).sqrt()
+            } else {
+                0.0
+            };
+            let z = if sd > 0.0 { (x - mean) / sd } else { 0.0 };
+            n += 1.0;
+            let d = x - mean;
+            mean += d / n;
+            m2 += d * (x - mean);
+            black_box(z.abs() > 3.0)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, guarded_calls, cardinality, detect);
 criterion_main!(benches);

@@ -380,5 +380,8 @@ fn an_answer_that_breaks_the_probe_schema_is_invalid() {
         (503, Some("invalid_answer")),
         "{body}"
     );
-    assert!(body["detail"].as_str().unwrap().starts_with("/ok: "), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("/ok: "),
+        "{body}"
+    );
 }

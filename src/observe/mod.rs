@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod cardinality;
+pub mod detect;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
