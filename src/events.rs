@@ -110,6 +110,16 @@ pub enum Decision<'a> {
         /// The wait before the next.
         delay: Duration,
     },
+    /// A retry loop that retried at least once ended (after [`RetriesExhausted`] when they
+    /// ran out): the close of its retry window.
+    ///
+    /// [`RetriesExhausted`]: Decision::RetriesExhausted
+    RetryEnded {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// Whether the last attempt succeeded.
+        succeeded: bool,
+    },
     /// The retries ran out.
     RetriesExhausted {
         /// Attempts made.
@@ -178,6 +188,7 @@ impl Decision<'_> {
             Self::CallNotPermitted => "call_not_permitted",
             Self::Downshift { .. } => "downshift",
             Self::Retry { .. } => "retry",
+            Self::RetryEnded { .. } => "retry_ended",
             Self::RetriesExhausted { .. } => "retries_exhausted",
             Self::TimedOut { .. } => "timed_out",
             Self::RateLimited { .. } => "rate_limited",

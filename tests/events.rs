@@ -103,6 +103,7 @@ fn resilience_guards_report_their_decisions() {
             expect(GuardKind::Retry, "ev-retry", "retry 1"),
             expect(GuardKind::Retry, "ev-retry", "retry 2"),
             expect(GuardKind::Retry, "ev-retry", "exhausted 3"),
+            expect(GuardKind::Retry, "ev-retry", "retry_ended"),
             expect(GuardKind::Timeout, "ev-deadline", "timed_out"),
         ]
     );

@@ -118,6 +118,17 @@ fn a_scrape_after_the_scenario_holds_every_documented_metric() {
     .with_name("scrape-retry")
     .with_clock(clock.clone());
     assert!(retry.call(timeout_err).is_err());
+    let mut failures_left = 1;
+    retry
+        .call(|| {
+            if failures_left > 0 {
+                failures_left -= 1;
+                timeout_err()
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
 
     let deadline =
         TimeoutHandler::new("scrape-deadline", Duration::from_secs(1)).with_clock(clock.clone());
@@ -250,10 +261,14 @@ fn a_scrape_after_the_scenario_holds_every_documented_metric() {
             "llm_mode_downshift_total{name=\"scrape-chain\",from=\"scrape-big\",to=\"scrape-small\"}",
             1.0,
         ),
-        ("guardrails_retries_total{name=\"scrape-retry\"}", 2.0),
+        ("guardrails_retries_total{name=\"scrape-retry\"}", 3.0),
         (
             "guardrails_retry_delay_seconds_count{name=\"scrape-retry\"}",
-            2.0,
+            3.0,
+        ),
+        (
+            "guardrails_retry_recoveries_total{name=\"scrape-retry\"}",
+            1.0,
         ),
         (
             "guardrails_retries_exhausted_total{name=\"scrape-retry\"}",

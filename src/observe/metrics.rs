@@ -110,6 +110,8 @@ metric_docs! {
         "the wait before each retry";
     RETRIES_EXHAUSTED = "guardrails_retries_exhausted_total", Counter, ["name"],
         "retry loops that gave up";
+    RETRY_RECOVERIES = "guardrails_retry_recoveries_total", Counter, ["name"],
+        "retry loops that succeeded after at least one retry";
     TIMEOUTS = "guardrails_timeouts_total", Counter, ["name"],
         "operations that ran past their timeout";
     RATE_LIMITED = "guardrails_rate_limited_total", Counter, ["name"],
@@ -339,6 +341,11 @@ impl GuardMetrics {
             Decision::Retry { delay, .. } => {
                 self.counter(RETRIES, &[("name", name)], 1);
                 self.histogram(RETRY_DELAY, &[("name", name)], delay.as_secs_f64());
+            }
+            Decision::RetryEnded { succeeded, .. } => {
+                if *succeeded {
+                    self.counter(RETRY_RECOVERIES, &[("name", name)], 1)
+                }
             }
             Decision::RetriesExhausted { .. } => {
                 self.counter(RETRIES_EXHAUSTED, &[("name", name)], 1)

@@ -15,3 +15,4 @@ pub mod model_health;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod prometheus;
+pub mod retry_analytics;

@@ -464,7 +464,8 @@ impl RetryPolicy {
                 decision: crate::events::Decision::RetriesExhausted { attempts },
             });
         };
-        match outcome {
+        let succeeded = outcome.is_ok();
+        let result = match outcome {
             Ok(v) => Ok(v),
             Err(Failure::Rejected(v)) => {
                 tracing::warn!(name = %self.name, attempts, "retries exhausted on rejected result, returning the last one");
@@ -480,7 +481,18 @@ impl RetryPolicy {
                 })
             }
             Err(Failure::Error(e)) => Err(e),
+        };
+        if attempts > 1 {
+            crate::events::emit(|| crate::events::GuardEvent {
+                guard: crate::events::GuardKind::Retry,
+                name: &self.name,
+                decision: crate::events::Decision::RetryEnded {
+                    attempts,
+                    succeeded,
+                },
+            });
         }
+        result
     }
 }
 
