@@ -113,3 +113,236 @@ fn a_failure_storm_is_a_spike_within_one_window_and_recovery_clears_it() {
     );
     assert_eq!(report.windows_failed, 0);
 }
+
+mod supervisor {
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use guardrails::backoff::Backoff;
+    use guardrails::observe::supervisor::{
+        RecoveryAction, Supervisor, SupervisorConfig, SupervisorGaveUp, SupervisorStep,
+    };
+    use guardrails::{Clock, ErrorClass, GuardrailError, ManualClock, Result};
+
+    /// Runs a real child process; a non-zero exit (a crash) is a retryable failure.
+    fn child(code: i32) -> Result<()> {
+        let status = Command::new("sh")
+            .args(["-c", &format!("exit {code}")])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(GuardrailError::external_with_class(
+                std::io::Error::other(format!("worker exited with {status}")),
+                ErrorClass::Retryable,
+            ))
+        }
+    }
+
+    type Steps = Arc<Mutex<Vec<SupervisorStep>>>;
+
+    fn supervisor(max_restarts: u32, clock: &ManualClock) -> (Supervisor, Steps) {
+        let steps: Steps = Arc::default();
+        let into = Arc::clone(&steps);
+        let sup = Supervisor::new(
+            "worker",
+            SupervisorConfig {
+                max_restarts,
+                within: Duration::from_secs(60),
+                backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1), 2.0),
+                give_up_on_fatal: true,
+            },
+        )
+        .unwrap()
+        .with_clock(clock.clone())
+        .on_step(move |s| into.lock().unwrap().push(s.clone()));
+        (sup, steps)
+    }
+
+    #[test]
+    fn a_crashing_child_is_restarted_with_backoff_until_it_runs() {
+        let clock = ManualClock::new();
+        let (sup, steps) = supervisor(5, &clock);
+        let start = clock.now();
+        sup.run(|attempt| child(if attempt < 3 { 3 } else { 0 }))
+            .unwrap();
+        let restarts: Vec<(u32, Duration)> = steps
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                SupervisorStep::Restart { attempt, delay } => Some((*attempt, *delay)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            restarts,
+            [
+                (2, Duration::from_millis(100)),
+                (3, Duration::from_millis(200))
+            ]
+        );
+        assert_eq!(
+            clock.now() - start,
+            Duration::from_millis(300),
+            "the waits were the backoff's"
+        );
+    }
+
+    #[test]
+    fn past_the_restart_intensity_it_gives_up_fatally_with_the_last_error() {
+        let clock = ManualClock::new();
+        let (sup, steps) = supervisor(3, &clock);
+        let mut runs = 0;
+        let err = sup
+            .run(|_| {
+                runs += 1;
+                child(7)
+            })
+            .unwrap_err();
+        assert_eq!(runs, 4, "the first run and three restarts");
+        assert_eq!(err.class(), ErrorClass::Fatal);
+        assert!(
+            err.to_string()
+                .contains("restart intensity exceeded: 3 restarts within 60s"),
+            "{err}"
+        );
+        let GuardrailError::External(external) = &err else {
+            panic!("{err:?}")
+        };
+        let gave_up = external
+            .get_ref()
+            .downcast_ref::<SupervisorGaveUp>()
+            .expect("the cause is SupervisorGaveUp");
+        assert!(
+            gave_up
+                .last
+                .to_string()
+                .contains("exited with exit status: 7"),
+            "{}",
+            gave_up.last
+        );
+        assert!(matches!(
+            steps.lock().unwrap().last(),
+            Some(SupervisorStep::GaveUp { .. })
+        ));
+
+        // Restarts older than the window are forgotten: a failure an hour apart restarts.
+        let (sup, _) = supervisor(1, &clock);
+        let mut runs = 0;
+        sup.run(|_| {
+            runs += 1;
+            match runs {
+                1 => child(1),
+                2 => {
+                    clock.advance(Duration::from_secs(3600));
+                    child(1)
+                }
+                _ => child(0),
+            }
+        })
+        .unwrap();
+        assert_eq!(runs, 3);
+    }
+
+    #[test]
+    fn recovery_actions_run_in_order_until_one_succeeds_each_under_its_timeout() {
+        let clock = ManualClock::new();
+        let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+        let log = |name: &'static str, ran: &Arc<Mutex<Vec<&'static str>>>| {
+            let ran = Arc::clone(ran);
+            move |_: &GuardrailError| -> Result<()> {
+                ran.lock().unwrap().push(name);
+                Ok(())
+            }
+        };
+        let hung = {
+            let ran = Arc::clone(&ran);
+            move |_: &GuardrailError| -> Result<()> {
+                ran.lock().unwrap().push("reallocate");
+                // The fault: an action that does not return within its timeout.
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(())
+            }
+        };
+        let failing = {
+            let ran = Arc::clone(&ran);
+            move |_: &GuardrailError| -> Result<()> {
+                ran.lock().unwrap().push("clear stale locks");
+                Err(GuardrailError::external(std::io::Error::other(
+                    "lock held by pid 4242",
+                )))
+            }
+        };
+        let (sup, steps) = supervisor(5, &clock);
+        let sup = sup
+            .classify_with(|e| {
+                if e.to_string().contains("CUDA") {
+                    "training".into()
+                } else {
+                    "other".into()
+                }
+            })
+            .recover(
+                "training",
+                RecoveryAction::new("clear stale locks", Duration::from_secs(5), failing),
+            )
+            .recover(
+                "training",
+                RecoveryAction::new("reallocate", Duration::from_millis(50), hung),
+            )
+            .recover(
+                "training",
+                RecoveryAction::new(
+                    "fall back to checkpoint",
+                    Duration::from_secs(5),
+                    log("fall back to checkpoint", &ran),
+                ),
+            )
+            .recover(
+                "training",
+                RecoveryAction::new(
+                    "restart with higher limits",
+                    Duration::from_secs(5),
+                    log("never", &ran),
+                ),
+            )
+            .recover(
+                "other",
+                RecoveryAction::new("other", Duration::from_secs(5), log("other", &ran)),
+            );
+        sup.run(|attempt| {
+            if attempt == 1 {
+                Err(GuardrailError::external_with_class(
+                    std::io::Error::other("CUDA error: out of memory"),
+                    ErrorClass::Recoverable,
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            *ran.lock().unwrap(),
+            ["clear stale locks", "reallocate", "fall back to checkpoint"]
+        );
+        let actions: Vec<(String, bool)> = steps
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                SupervisorStep::Action { action, ok, .. } => Some((action.clone(), *ok)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("clear stale locks".to_string(), false),
+                ("reallocate".to_string(), false),
+                ("fall back to checkpoint".to_string(), true),
+            ]
+        );
+    }
+}

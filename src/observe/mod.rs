@@ -16,3 +16,4 @@ pub mod model_health;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod prometheus;
 pub mod retry_analytics;
+pub mod supervisor;
