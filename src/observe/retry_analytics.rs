@@ -3,7 +3,9 @@
 //!
 //! [`RetryAnalytics::subscribe`] feeds itself from the retry policies' guard events: each
 //! `retry` event opens or extends the window of that policy on that thread (a retry loop
-//! runs on one thread), `retry_ended` closes it. Everything can also be fed by hand
+//! runs on one thread), `retry_ended` closes it. A call that succeeds on its first attempt
+//! emits nothing (its cost stays one relaxed load), so bucket `1` of an event-fed histogram
+//! stays empty; feed it by hand where the total of calls matters. Everything can be fed by hand
 //! ([`RetryWindowTracker`], [`RetryHistogram`], [`RetrySpikeDetector`]).
 //!
 //! ```
