@@ -107,7 +107,7 @@ fn main() -> Result<()> {
             policy.call(|| {
                 let failing = storm.load(Ordering::SeqCst)
                     && !on_standby.load(Ordering::SeqCst)
-                    && n % 5 != 0;
+                    && !n.is_multiple_of(5);
                 let fail =
                     (first && failing) || (!storm.load(Ordering::SeqCst) && n % 50 == 7 && first);
                 first = false;
