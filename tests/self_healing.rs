@@ -346,3 +346,48 @@ mod supervisor {
         );
     }
 }
+
+#[test]
+fn the_history_records_guard_decisions_from_real_guards() {
+    use guardrails::observe::history::{HistoryConfig, MetricsHistory};
+    use guardrails::resilience::{RateLimitConfig, RateLimiter};
+
+    let clock = ManualClock::new();
+    let history = Arc::new(MetricsHistory::new(HistoryConfig::default()).with_clock(clock.clone()));
+    let _subscription = history.subscribe();
+    let limiter = RateLimiter::new(
+        "history-rate",
+        RateLimitConfig::per(1, Duration::from_secs(60)),
+    )
+    .unwrap()
+    .with_clock(clock.clone());
+    limiter.check().unwrap();
+    assert!(limiter.check().is_err());
+    clock.advance(Duration::from_secs(5));
+    assert!(limiter.check().is_err());
+    history.record_metric("training", "accuracy", 0.95, &[("run", "r1")]);
+
+    let refused: Vec<_> = history
+        .query("rate_limiter", "rate_limited", Duration::from_secs(60))
+        .into_iter()
+        .filter(|s| {
+            s.tags
+                .contains(&("name".to_string(), "history-rate".to_string()))
+        })
+        .collect();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(
+        refused[1].at.duration_since(refused[0].at).unwrap(),
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        history
+            .query("rate_limiter", "rate_limited", Duration::from_secs(1))
+            .len(),
+        1
+    );
+    assert_eq!(
+        history.query("training", "accuracy", Duration::from_secs(1))[0].value,
+        0.95
+    );
+}

@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod cardinality;
 pub mod detect;
+pub mod history;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
