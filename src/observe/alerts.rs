@@ -534,9 +534,10 @@ mod webhook {
     /// Posts alerts in Alertmanager's webhook payload shape (version 4) from a thread of its
     /// own; see the [module docs](super).
     pub struct WebhookSink {
-        tx: Mutex<Option<SyncSender<Alert>>>,
+        /// `None` only while dropping (the sender thread ends when it is gone).
+        tx: Option<SyncSender<Alert>>,
         counters: Arc<Counters>,
-        thread: Mutex<Option<JoinHandle<()>>>,
+        thread: Option<JoinHandle<()>>,
         url: String,
     }
 
@@ -579,9 +580,9 @@ mod webhook {
                 .spawn(move || drain(&config, &rx, &worker))
                 .map_err(|source| GuardrailError::Io { path: None, source })?;
             Ok(Self {
-                tx: Mutex::new(Some(tx)),
+                tx: Some(tx),
                 counters,
-                thread: Mutex::new(Some(thread)),
+                thread: Some(thread),
                 url,
             })
         }
@@ -589,8 +590,7 @@ mod webhook {
         /// Queues `alert`, or drops and counts it when the queue is full; never blocks.
         pub fn enqueue(&self, alert: Alert) {
             let c = &self.counters;
-            let tx = self.tx.lock();
-            let Some(tx) = tx.as_ref() else {
+            let Some(tx) = self.tx.as_ref() else {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             };
@@ -641,8 +641,8 @@ mod webhook {
         fn drop(&mut self) {
             // Queued alerts are still tried once each; retries stop.
             self.counters.stop.store(true, Ordering::Release);
-            self.tx.lock().take();
-            if let Some(t) = self.thread.lock().take() {
+            self.tx.take();
+            if let Some(t) = self.thread.take() {
                 let _ = t.join();
             }
         }

@@ -146,8 +146,13 @@ impl Glob {
                 format!("pattern {pattern:?} must be 1 to 256 characters"),
             ));
         }
+        Ok(Self::compile(pattern))
+    }
+
+    /// A pattern already known to be valid (the defaults).
+    fn compile(pattern: &str) -> Self {
         let lower = pattern.to_ascii_lowercase();
-        Ok(Self {
+        Self {
             anchored_start: !lower.starts_with('*'),
             anchored_end: !lower.ends_with('*'),
             pieces: lower
@@ -155,7 +160,7 @@ impl Glob {
                 .filter(|p| !p.is_empty())
                 .map(str::to_string)
                 .collect(),
-        })
+        }
     }
 
     /// `name` is lowercase already.
@@ -211,7 +216,26 @@ impl CardinalityGuard {
             .iter()
             .map(|p| Glob::parse(p))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        Ok(Self::with_globs(config, globs))
+    }
+
+    /// The default guard in mode `Overflow`: what the crate's own metrics are judged by.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn default_overflow() -> Self {
+        let config = CardinalityConfig {
+            mode: CardinalityMode::Overflow,
+            ..CardinalityConfig::default()
+        };
+        let globs = config
+            .forbidden_patterns
+            .iter()
+            .map(|p| Glob::compile(p))
+            .collect();
+        Self::with_globs(config, globs)
+    }
+
+    fn with_globs(config: CardinalityConfig, globs: Vec<Glob>) -> Self {
+        Self {
             exact: config
                 .forbidden_labels
                 .iter()
@@ -222,7 +246,15 @@ impl CardinalityGuard {
             series: RwLock::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
             hasher: hashbrown::DefaultHashBuilder::default(),
-        })
+        }
+    }
+
+    /// Whether this is the first warning about `label` of `metric` (the memory of warnings
+    /// stays bounded like the series').
+    fn first_warning(&self, metric: &str, label: &str) -> bool {
+        let mut warned = self.warned.lock();
+        warned.len() < self.config.max_metrics
+            && warned.insert((metric.to_string(), label.to_string()))
     }
 
     /// The configuration.
@@ -324,9 +356,7 @@ impl CardinalityGuard {
             }),
             CardinalityMode::Overflow => Ok(Verdict::Overflow),
             CardinalityMode::Warn => {
-                let key = (metric.to_string(), label.unwrap_or("").to_string());
-                let mut warned = self.warned.lock();
-                if warned.len() < self.config.max_metrics && warned.insert(key) {
+                if self.first_warning(metric, label.unwrap_or("")) {
                     tracing::warn!(metric, reason = %reason(), "metric cardinality");
                 }
                 Ok(Verdict::Allowed)
@@ -439,12 +469,7 @@ mod layer {
                         .iter()
                         .find(|(name, _)| self.guard.is_forbidden(name))
                         .map_or("", |(name, _)| *name);
-                    let first = {
-                        let mut warned = self.guard.warned.lock();
-                        warned.len() < self.guard.config.max_metrics
-                            && warned.insert((key.name().to_string(), label.to_string()))
-                    };
-                    if first {
+                    if self.guard.first_warning(key.name(), label) {
                         tracing::error!(error = %e, "metric series refused");
                     }
                     None

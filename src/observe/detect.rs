@@ -347,8 +347,7 @@ impl Baseline {
                 self.mean += d / self.n as f64;
                 self.m2 += d * (x - self.mean);
             }
-            Some(a) if self.n == 1 => {
-                let _ = a;
+            Some(_) if self.n == 1 => {
                 self.mean = x;
                 self.m2 = 0.0;
             }

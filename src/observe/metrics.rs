@@ -49,9 +49,7 @@ use hashbrown::HashTable;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Unit};
 use parking_lot::{Mutex, RwLock};
 
-use super::cardinality::{
-    CardinalityConfig, CardinalityGuard, CardinalityMode, OVERFLOW_LABEL, Verdict,
-};
+use super::cardinality::{CardinalityGuard, OVERFLOW_LABEL, Verdict};
 use crate::cache::LruTtlCache;
 use crate::events::{self, Decision, GuardEvent, GuardKind, Subscription};
 use crate::resilience::breaker::{BreakerState, CircuitBreaker};
@@ -170,6 +168,18 @@ struct Entry<H> {
     handle: H,
 }
 
+impl<H> Entry<H> {
+    fn is(&self, name: &str, labels: &[(&'static str, &str)]) -> bool {
+        self.name == name
+            && self.labels.len() == labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(labels)
+                .all(|((ek, ev), (k, v))| ek == k && &**ev == *v)
+    }
+}
+
 /// Cached handles of one kind, keyed by name and label values.
 struct Handles<H> {
     table: RwLock<HashTable<Entry<H>>>,
@@ -199,20 +209,17 @@ impl<H: Clone> Handles<H> {
         f: impl FnOnce(&H),
     ) -> Option<()> {
         let table = self.table.read();
-        let entry = table.find(hash, |e| {
-            e.name == name
-                && e.labels.len() == labels.len()
-                && e.labels
-                    .iter()
-                    .zip(labels)
-                    .all(|((ek, ev), (k, v))| ek == k && &**ev == *v)
-        })?;
+        let entry = table.find(hash, |e| e.is(name, labels))?;
         f(&entry.handle);
         Some(())
     }
 
+    /// Caches `handle` unless another thread cached the same set first.
     fn insert(&self, hash: u64, name: &'static str, labels: &[(&'static str, &str)], handle: H) {
         let mut table = self.table.write();
+        if table.find(hash, |e| e.is(name, labels)).is_some() {
+            return;
+        }
         table.insert_unique(
             hash,
             Entry {
@@ -263,20 +270,7 @@ impl GuardMetrics {
     /// Metrics judged by the default cardinality guard in mode `Overflow` (totals are kept,
     /// label sets past 1 000 per metric fold into `overflow="true"`).
     pub fn new() -> Self {
-        let config = CardinalityConfig {
-            mode: CardinalityMode::Overflow,
-            ..CardinalityConfig::default()
-        };
-        // The default patterns are valid, so this never falls back; if it did, a guard
-        // without patterns still caps the series.
-        let guard = CardinalityGuard::new(config.clone()).unwrap_or_else(|_| {
-            let fallback = CardinalityConfig {
-                forbidden_patterns: Vec::new(),
-                ..config
-            };
-            CardinalityGuard::new(fallback).unwrap_or_else(|_| unreachable!())
-        });
-        Self::with_cardinality(Arc::new(guard))
+        Self::with_cardinality(Arc::new(CardinalityGuard::default_overflow()))
     }
 
     /// Metrics judged by `guard` (share it with a [`CardinalityLayer`] so both count the
@@ -568,11 +562,7 @@ impl Inner {
                 .collect::<Vec<_>>(),
         );
         let handle = metrics::with_recorder(|r| register(r, &key, &METADATA));
-        // Two threads may register the same set at once; the second insert would shadow
-        // nothing (find returns the first), so check again under the write lock's caller.
-        if handles.find(hash, name, labels).is_none() {
-            handles.insert(hash, name, labels, handle.clone());
-        }
+        handles.insert(hash, name, labels, handle.clone());
         Some(handle)
     }
 
@@ -590,6 +580,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::cardinality::{CardinalityConfig, CardinalityMode};
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
     #[test]

@@ -255,6 +255,7 @@ impl ModelHealthCheck {
     /// Judges the model now (the probe runs only when its cached result is older than
     /// `probe_interval`).
     pub fn check(&self) -> ModelHealth {
+        #[cfg(feature = "metrics")]
         let began = self.clock.now();
         let health = self.judge();
         #[cfg(feature = "metrics")]
@@ -265,8 +266,6 @@ impl ModelHealthCheck {
             metrics::histogram!(super::metrics::LLM_HEALTH_DURATION, "model" => self.model.clone())
                 .record(elapsed.as_secs_f64());
         }
-        #[cfg(not(feature = "metrics"))]
-        let _ = began;
         health
     }
 

@@ -137,15 +137,18 @@ struct AppState {
 
 /// The health server; see the [module docs](self).
 pub struct HealthServer {
-    state: Arc<AppState>,
+    config: ServerConfig,
+    registry: Arc<HealthRegistry>,
+    models: BTreeMap<String, Arc<ModelHealthCheck>>,
+    exporter: Option<Arc<PrometheusExporter>>,
 }
 
 impl std::fmt::Debug for HealthServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthServer")
-            .field("config", &self.state.config)
-            .field("models", &self.state.models.keys().collect::<Vec<_>>())
-            .field("metrics", &self.state.exporter.is_some())
+            .field("config", &self.config)
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .field("metrics", &self.exporter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -163,38 +166,35 @@ impl HealthServer {
             ));
         }
         Ok(Self {
-            state: Arc::new(AppState {
-                config,
-                registry: Arc::new(registry),
-                models: BTreeMap::new(),
-                exporter: None,
-                report: tokio::sync::Mutex::new(None),
-            }),
+            config,
+            registry: Arc::new(registry),
+            models: BTreeMap::new(),
+            exporter: None,
         })
-    }
-
-    fn state_mut(&mut self) -> &mut AppState {
-        // Builders run before the state is shared.
-        Arc::get_mut(&mut self.state).unwrap_or_else(|| unreachable!("state shared early"))
     }
 
     /// Answers `/health/llm` for `check`'s model too.
     pub fn with_model(mut self, check: Arc<ModelHealthCheck>) -> Self {
-        self.state_mut()
-            .models
-            .insert(check.model().to_string(), check);
+        self.models.insert(check.model().to_string(), check);
         self
     }
 
     /// Serves `/metrics` from `exporter`.
     pub fn with_metrics(mut self, exporter: Arc<PrometheusExporter>) -> Self {
-        self.state_mut().exporter = Some(exporter);
+        self.exporter = Some(exporter);
         self
     }
 
-    /// The axum router, to nest into an application's own server.
+    /// The axum router, to nest into an application's own server (each router caches its
+    /// own health report).
     pub fn router(&self) -> Router {
-        let state = Arc::clone(&self.state);
+        let state = Arc::new(AppState {
+            config: self.config.clone(),
+            registry: Arc::clone(&self.registry),
+            models: self.models.clone(),
+            exporter: self.exporter.clone(),
+            report: tokio::sync::Mutex::new(None),
+        });
         let timeout = state.config.request_timeout;
         Router::new()
             .route("/health", get(health))
@@ -219,10 +219,10 @@ impl HealthServer {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.state.config.bind)
+        let listener = tokio::net::TcpListener::bind(self.config.bind)
             .await
             .map_err(|source| GuardrailError::Io { path: None, source })?;
-        tracing::info!(addr = %self.state.config.bind, "health server listening");
+        tracing::info!(addr = %self.config.bind, "health server listening");
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -242,7 +242,7 @@ impl HealthServer {
             .enable_all()
             .build()
             .map_err(io)?;
-        let std_listener = std::net::TcpListener::bind(self.state.config.bind).map_err(io)?;
+        let std_listener = std::net::TcpListener::bind(self.config.bind).map_err(io)?;
         std_listener.set_nonblocking(true).map_err(io)?;
         let local_addr = std_listener.local_addr().map_err(io)?;
         let listener = {
@@ -551,9 +551,15 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             json!({ "error": "no metrics exporter configured" }),
         );
     };
-    let text = tokio::task::spawn_blocking(move || exporter.render())
-        .await
-        .unwrap_or_default();
+    let text = match tokio::task::spawn_blocking(move || exporter.render()).await {
+        Ok(text) => text,
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": format!("rendering the metrics did not finish: {e}") }),
+            );
+        }
+    };
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

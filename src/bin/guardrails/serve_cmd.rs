@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use guardrails::GuardrailError;
 use guardrails::server::config::ServeConfig;
 
 use crate::Status;
@@ -37,8 +38,12 @@ pub(crate) fn run(args: ServeArgs, out: &Output) -> Status {
     let mut signals = nix::sys::signal::SigSet::empty();
     signals.add(nix::sys::signal::Signal::SIGINT);
     signals.add(nix::sys::signal::Signal::SIGTERM);
-    if let Err(e) = signals.thread_block() {
-        eprintln!("guardrails serve: cannot block signals: {e}");
+    if let Err(errno) = signals.thread_block() {
+        let e = GuardrailError::Io {
+            path: None,
+            source: std::io::Error::from(errno),
+        };
+        out.problem("serve: blocking SIGINT and SIGTERM", &e);
         return Status::Usage;
     }
     let server = match config.build().and_then(|s| s.start_background()) {
