@@ -92,6 +92,8 @@ pub mod resource;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod server;
+#[cfg(any(feature = "durable", feature = "history"))]
+mod sqlite;
 pub mod state;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

@@ -41,7 +41,6 @@ mod atomic;
 mod consistency;
 mod digest;
 mod registry;
-pub(crate) use registry::sql_error_of;
 mod stage;
 
 pub use atomic::{TEMP_SUFFIX, atomic_write, atomic_write_bytes, atomic_write_dir, is_temp_name};

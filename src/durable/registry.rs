@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::sqlite::{Access, Schema};
+pub(crate) use crate::sqlite::{sql_error_of, store_error};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +26,15 @@ const APPLICATION_ID: i64 = 0x4752_5252;
 
 /// The default file of a pipeline's registry, under its root.
 pub const DEFAULT_REGISTRY: &str = ".guardrails/registry.db";
+
+const SCHEMA: Schema = Schema {
+    what: "registry",
+    application_id: APPLICATION_ID,
+    version: SCHEMA_VERSION,
+    create: SCHEMA_V1,
+    // FULL: a commit record is on disk when the transaction returns, WAL or not.
+    synchronous: "FULL",
+};
 
 const SCHEMA_V1: &str = "
 CREATE TABLE runs (
@@ -384,16 +396,7 @@ impl RunRegistry {
     /// Opens the registry at `path` with `options`, creating it if absent, and finishes or
     /// undoes the stage commits of processes that died during them.
     pub fn open_with(path: impl AsRef<Path>, options: RegistryOptions) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| GuardrailError::io(dir, e))
-                .map_err(|e| store_context(e, &path, "create the registry's directory"))?;
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let registry = Self::connect(path, flags, options, true)?;
+        let registry = Self::connect(path.as_ref(), options, Access::ReadWrite)?;
         registry.recover()?;
         Ok(registry)
     }
@@ -401,131 +404,16 @@ impl RunRegistry {
     /// Opens an existing registry to read it (`guardrails runs`): nothing is created,
     /// migrated or recovered, and a missing file is an error.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        if !path.is_file() {
-            return Err(store_error(
-                &path,
-                "open",
-                "no registry file at this path",
-                ErrorClass::Fatal,
-                None,
-            ));
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        Self::connect(path, flags, RegistryOptions::default(), false)
+        Self::connect(path.as_ref(), RegistryOptions::default(), Access::ReadOnly)
     }
 
-    fn connect(
-        path: PathBuf,
-        flags: OpenFlags,
-        options: RegistryOptions,
-        writable: bool,
-    ) -> Result<Self> {
-        let fresh = std::fs::metadata(&path)
-            .map(|m| m.len() == 0)
-            .unwrap_or(true);
-        let conn =
-            Connection::open_with_flags(&path, flags).map_err(|e| sql_error(&path, "open", e))?;
-        conn.busy_timeout(options.busy_timeout)
-            .map_err(|e| sql_error(&path, "set the busy timeout", e))?;
-        let registry = Self {
+    fn connect(path: &Path, options: RegistryOptions, access: Access) -> Result<Self> {
+        let conn = crate::sqlite::open(path, &SCHEMA, access, options.busy_timeout)?;
+        Ok(Self {
             conn: Mutex::new(conn),
-            path,
+            path: path.to_path_buf(),
             options,
-        };
-        registry.check_schema(fresh, writable)?;
-        Ok(registry)
-    }
-
-    /// Refuses what is not a registry of a schema this build knows, creates a fresh one,
-    /// migrates an older one.
-    fn check_schema(&self, fresh: bool, writable: bool) -> Result<()> {
-        let mut conn = self.conn.lock();
-        let path = &self.path;
-        // Reading the header is the first thing that touches the file: junk fails here.
-        let app_id: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| sql_error(path, "read the registry header", e))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_error(path, "read the registry header", e))?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(|e| sql_error(path, "read the registry schema", e))?;
-        if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
-            return Err(store_error(
-                path,
-                "open",
-                "the file is an SQLite database of another program, not a run registry",
-                ErrorClass::Fatal,
-                None,
-            ));
-        }
-        if version > SCHEMA_VERSION {
-            return Err(store_error(
-                path,
-                "open",
-                &format!(
-                    "the registry has schema version {version}, newer than the {SCHEMA_VERSION} this build reads; use a newer guardrails"
-                ),
-                ErrorClass::Fatal,
-                None,
-            ));
-        }
-        // A truncated file keeps a readable header: only a page check finds the rest gone.
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| sql_error(path, "check the registry's pages", e))?;
-        if check != "ok" {
-            return Err(store_error(
-                path,
-                "open",
-                &format!("the registry file is damaged: {check}"),
-                ErrorClass::Fatal,
-                None,
-            ));
-        }
-        if !writable {
-            if tables == 0 {
-                return Err(store_error(
-                    path,
-                    "open",
-                    "the file holds no registry",
-                    ErrorClass::Fatal,
-                    None,
-                ));
-            }
-            return Ok(());
-        }
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| sql_error(path, "switch to WAL", e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(path = %path.display(), mode, "the registry's filesystem does not allow WAL; commits still are durable, readers wait for writers");
-        }
-        // FULL: a commit record is on disk when the transaction returns, WAL or not.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(|e| sql_error(path, "set the registry's pragmas", e))?;
-        if version < SCHEMA_VERSION {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error(path, "migrate", e))?;
-            // Re-read inside the write lock: another process may have migrated meanwhile.
-            let current: i64 = tx
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(|e| sql_error(path, "migrate", e))?;
-            if current == 0 {
-                tx.execute_batch(SCHEMA_V1)
-                    .map_err(|e| sql_error(path, "create the registry's tables", e))?;
-            }
-            tx.execute_batch(&format!(
-                "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION};"
-            ))
-            .map_err(|e| sql_error(path, "migrate", e))?;
-            tx.commit().map_err(|e| sql_error(path, "migrate", e))?;
-            tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, fresh, "run registry schema created or migrated");
-        }
-        Ok(())
+        })
     }
 
     /// The database file.
@@ -855,59 +743,8 @@ fn unknown_run(path: &Path, run: &RunId) -> GuardrailError {
     )
 }
 
-pub(super) fn store_error(
-    path: &Path,
-    operation: &str,
-    reason: &str,
-    class: ErrorClass,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-) -> GuardrailError {
-    GuardrailError::Store {
-        store: path.display().to_string(),
-        operation: operation.to_string(),
-        reason: reason.to_string(),
-        class,
-        source,
-    }
-}
-
-fn store_context(e: GuardrailError, path: &Path, operation: &str) -> GuardrailError {
-    let class = e.class();
-    store_error(path, operation, &e.to_string(), class, Some(Box::new(e)))
-}
-
 /// An SQLite error, classified: busy past the timeout is retryable, a full disk
 /// recoverable, anything else (damage, not a database, permissions) fatal.
 pub(crate) fn sql_error(path: &Path, operation: &str, e: rusqlite::Error) -> GuardrailError {
     sql_error_of("registry", path, operation, e)
-}
-
-/// An SQLite error of the database `what` (`"registry"`, `"state store"`), classified.
-pub(crate) fn sql_error_of(
-    what: &str,
-    path: &Path,
-    operation: &str,
-    e: rusqlite::Error,
-) -> GuardrailError {
-    use rusqlite::ErrorCode as C;
-    let (class, reason) = match e.sqlite_error_code() {
-        Some(C::DatabaseBusy | C::DatabaseLocked) => (
-            ErrorClass::Retryable,
-            format!("another process held the {what} past the busy timeout"),
-        ),
-        Some(C::DiskFull) => (
-            ErrorClass::Recoverable,
-            format!("the disk holding the {what} is full"),
-        ),
-        Some(C::NotADatabase) => (
-            ErrorClass::Fatal,
-            format!("the file is not an SQLite database (overwritten or not a {what})"),
-        ),
-        Some(C::DatabaseCorrupt) => (
-            ErrorClass::Fatal,
-            format!("the {what} file is damaged (truncated or overwritten)"),
-        ),
-        _ => (ErrorClass::Fatal, e.to_string()),
-    };
-    store_error(path, operation, &reason, class, Some(Box::new(e)))
 }

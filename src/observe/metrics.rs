@@ -42,14 +42,14 @@
 //! # Ok::<(), guardrails::GuardrailError>(())
 //! ```
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Weak};
 
-use hashbrown::HashTable;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Unit};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use super::cardinality::{CardinalityGuard, OVERFLOW_LABEL, Verdict};
+use super::series::{SeriesKey, SeriesTable};
 use crate::cache::LruTtlCache;
 use crate::events::{self, Decision, GuardEvent, GuardKind, Subscription};
 use crate::resilience::breaker::{BreakerState, CircuitBreaker};
@@ -161,86 +161,13 @@ pub fn breaker_state_value(state: &str) -> f64 {
     }
 }
 
-struct Entry<H> {
-    hash: u64,
-    name: &'static str,
-    labels: Box<[(&'static str, Box<str>)]>,
-    handle: H,
-}
-
-impl<H> Entry<H> {
-    fn is(&self, name: &str, labels: &[(&'static str, &str)]) -> bool {
-        self.name == name
-            && self.labels.len() == labels.len()
-            && self
-                .labels
-                .iter()
-                .zip(labels)
-                .all(|((ek, ev), (k, v))| ek == k && &**ev == *v)
-    }
-}
-
-/// Cached handles of one kind, keyed by name and label values.
-struct Handles<H> {
-    table: RwLock<HashTable<Entry<H>>>,
-}
-
-impl<H: Clone> Handles<H> {
-    fn new() -> Self {
-        Self {
-            table: RwLock::new(HashTable::new()),
-        }
-    }
-
-    fn find(&self, hash: u64, name: &str, labels: &[(&'static str, &str)]) -> Option<H> {
-        let mut found = None;
-        self.with(hash, name, labels, |h| found = Some(h.clone()));
-        found
-    }
-
-    /// Runs `f` on the cached handle, under the read lock (no reference-count traffic);
-    /// whether there was one.
-    #[inline]
-    fn with(
-        &self,
-        hash: u64,
-        name: &str,
-        labels: &[(&'static str, &str)],
-        f: impl FnOnce(&H),
-    ) -> Option<()> {
-        let table = self.table.read();
-        let entry = table.find(hash, |e| e.is(name, labels))?;
-        f(&entry.handle);
-        Some(())
-    }
-
-    /// Caches `handle` unless another thread cached the same set first.
-    fn insert(&self, hash: u64, name: &'static str, labels: &[(&'static str, &str)], handle: H) {
-        let mut table = self.table.write();
-        if table.find(hash, |e| e.is(name, labels)).is_some() {
-            return;
-        }
-        table.insert_unique(
-            hash,
-            Entry {
-                hash,
-                name,
-                labels: labels.iter().map(|(k, v)| (*k, Box::from(*v))).collect(),
-                handle,
-            },
-            |e| e.hash,
-        );
-    }
-}
-
 type Watch = Box<dyn Fn(&Inner) -> bool + Send + Sync>;
 
 struct Inner {
     guard: Arc<CardinalityGuard>,
-    hasher: hashbrown::DefaultHashBuilder,
-    counters: Handles<Counter>,
-    gauges: Handles<Gauge>,
-    histograms: Handles<Histogram>,
+    counters: SeriesTable<Counter>,
+    gauges: SeriesTable<Gauge>,
+    histograms: SeriesTable<Histogram>,
     watches: Mutex<Vec<Watch>>,
 }
 
@@ -254,7 +181,7 @@ pub struct GuardMetrics {
 impl std::fmt::Debug for GuardMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardMetrics")
-            .field("series", &self.inner.counters.table.read().len())
+            .field("series", &self.inner.counters.len())
             .field("watches", &self.inner.watches.lock().len())
             .finish_non_exhaustive()
     }
@@ -281,10 +208,9 @@ impl GuardMetrics {
         Self {
             inner: Arc::new(Inner {
                 guard,
-                hasher: hashbrown::DefaultHashBuilder::default(),
-                counters: Handles::new(),
-                gauges: Handles::new(),
-                histograms: Handles::new(),
+                counters: SeriesTable::default(),
+                gauges: SeriesTable::default(),
+                histograms: SeriesTable::default(),
                 watches: Mutex::new(Vec::new()),
             }),
         }
@@ -506,15 +432,19 @@ impl Inner {
     #[inline]
     fn handle<H: Clone>(
         &self,
-        handles: &Handles<H>,
+        handles: &SeriesTable<H>,
         name: &'static str,
         labels: &[(&'static str, &str)],
         register: impl FnOnce(&dyn metrics::Recorder, &Key, &metrics::Metadata<'_>) -> H,
         use_it: impl FnOnce(&H),
     ) {
-        let hash = self.hash(name, labels);
+        let key = SeriesKey {
+            parts: &[name],
+            labels,
+        };
+        let hash = handles.hash(&key);
         let mut use_it = Some(use_it);
-        let found = handles.with(hash, name, labels, |h| {
+        let found = handles.with(hash, &key, |h| {
             if let Some(f) = use_it.take() {
                 f(h)
             }
@@ -530,7 +460,7 @@ impl Inner {
     #[cold]
     fn register_new<H: Clone>(
         &self,
-        handles: &Handles<H>,
+        handles: &SeriesTable<H>,
         hash: u64,
         name: &'static str,
         labels: &[(&'static str, &str)],
@@ -543,8 +473,12 @@ impl Inner {
             Ok(Verdict::Overflow) => {
                 // The overflow series is cached; the refused set is not (that would grow
                 // the cache as the series would have grown).
-                let hash = self.hash(name, &overflow);
-                if let Some(h) = handles.find(hash, name, &overflow) {
+                let key = SeriesKey {
+                    parts: &[name],
+                    labels: &overflow,
+                };
+                let hash = handles.hash(&key);
+                if let Some(h) = handles.with(hash, &key, H::clone) {
                     return Some(h);
                 }
                 (hash, &overflow[..])
@@ -554,26 +488,28 @@ impl Inner {
                 return None;
             }
         };
-        let key = Key::from_parts(
-            name,
-            labels
-                .iter()
-                .map(|(k, v)| Label::new(*k, v.to_string()))
-                .collect::<Vec<_>>(),
+        let key = SeriesKey {
+            parts: &[name],
+            labels,
+        };
+        // Registered under the write lock: two threads seeing a new set at once register
+        // it once.
+        let handle = handles.insert_with(
+            hash,
+            &key,
+            || {
+                let key = Key::from_parts(
+                    name,
+                    labels
+                        .iter()
+                        .map(|(k, v)| Label::new(*k, v.to_string()))
+                        .collect::<Vec<_>>(),
+                );
+                metrics::with_recorder(|r| register(r, &key, &METADATA))
+            },
+            H::clone,
         );
-        let handle = metrics::with_recorder(|r| register(r, &key, &METADATA));
-        handles.insert(hash, name, labels, handle.clone());
         Some(handle)
-    }
-
-    fn hash(&self, name: &str, labels: &[(&'static str, &str)]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        name.hash(&mut h);
-        for (k, v) in labels {
-            k.hash(&mut h);
-            v.hash(&mut h);
-        }
-        h.finish()
     }
 }
 
@@ -632,7 +568,7 @@ mod tests {
             "{series:?}"
         );
         // Only the 3 allowed sets and the overflow series are cached.
-        assert_eq!(m.inner.counters.table.read().len(), 4);
+        assert_eq!(m.inner.counters.len(), 4);
     }
 
     #[test]

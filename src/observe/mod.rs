@@ -17,4 +17,6 @@ pub mod model_health;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod prometheus;
 pub mod retry_analytics;
+#[cfg(any(feature = "metrics", feature = "history"))]
+pub(crate) mod series;
 pub mod supervisor;

@@ -12,11 +12,18 @@ use super::{
     finish_operation, ms, now_ms,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::durable::sql_error_of;
-use crate::error::{ErrorClass, GuardrailError, Result};
+use crate::error::{GuardrailError, Result};
+use crate::sqlite::{self, Access, Schema, sql_error_of};
 
 const WHAT: &str = "state store";
 const APPLICATION_ID: i64 = 0x4752_5354; // "GRST"
+const DB: Schema = Schema {
+    what: WHAT,
+    application_id: APPLICATION_ID,
+    version: 1,
+    create: SCHEMA,
+    synchronous: "FULL",
+};
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS claims (
     key TEXT PRIMARY KEY,
@@ -61,39 +68,7 @@ impl SqliteStore {
     /// Opens (creating) the store at `path`; a file of another program is refused.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| GuardrailError::io(parent, e))?;
-        }
-        let err = |op: &str| {
-            let path = path.clone();
-            let op = op.to_string();
-            move |e| sql_error_of(WHAT, &path, &op, e)
-        };
-        let conn = Connection::open(&path).map_err(err("open"))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(err("set the busy timeout"))?;
-        let app_id: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(err("read the header"))?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(err("read the schema"))?;
-        if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
-            return Err(GuardrailError::Store {
-                store: path.display().to_string(),
-                operation: "open".into(),
-                reason: "the file is an SQLite database of another program, not a state store"
-                    .into(),
-                class: ErrorClass::Fatal,
-                source: None,
-            });
-        }
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
-            .map_err(err("switch to WAL"))?;
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous=FULL; PRAGMA application_id={APPLICATION_ID}; {SCHEMA}"
-        ))
-        .map_err(err("create the tables"))?;
+        let conn = sqlite::open(&path, &DB, Access::ReadWrite, Duration::from_secs(10))?;
         Ok(Self {
             conn: Mutex::new(conn),
             path,
