@@ -239,3 +239,12 @@ impl Clock for ManualClock {
         Box::pin(std::future::ready(()))
     }
 }
+
+/// `t` as milliseconds since the Unix epoch, the crate's one timestamp in its databases
+/// (0 before the epoch, `i64::MAX` past what fits).
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+

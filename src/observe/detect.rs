@@ -214,6 +214,11 @@ impl Baseline {
         })
     }
 
+    /// The config it learns and judges by.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
     /// Samples learned.
     pub fn count(&self) -> u64 {
         self.n

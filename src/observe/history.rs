@@ -1,6 +1,8 @@
-//! `MetricsHistory`: recent samples of (component, metric, value, tags), bounded by count
-//! and by age, queried by component, metric and time range. This is the in-memory ring
-//! the SQLite history (feature `history`, to come) writes through.
+//! Metrics history: [`MetricsHistory`], recent samples of (component, metric, value, tags)
+//! in memory, bounded by count and by age, queried by component, metric and time range;
+//! and, with feature `history`, [`SqliteHistory`], the same samples batched into an SQLite
+//! file that keeps them across restarts, downsampled and bounded by age and size, with
+//! baselines learned per series ([`HistoryReader`] reads it, also from another process).
 //!
 //! Samples come from user calls ([`MetricsHistory::record_metric`]) and, once
 //! [subscribed](MetricsHistory::subscribe), from the guard events: component = the guard's
@@ -29,7 +31,27 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::events::{self, Decision, Subscription};
+use crate::events::{self, Decision, GuardEvent, Subscription};
+
+#[cfg(feature = "history")]
+mod sqlite;
+#[cfg(feature = "history")]
+#[cfg_attr(docsrs, doc(cfg(feature = "history")))]
+pub use sqlite::{
+    AnomalyRecord, BaselineRecord, HistoryReader, HistoryStats, MAX_QUERY_POINTS, Maintenance,
+    Point, SeriesHandle, SqliteHistory, SqliteHistoryConfig,
+};
+
+/// The sample a guard decision makes: component = the guard's kind, metric = the
+/// decision, value 1 (a retry's delay in seconds, a cache expiry's count).
+pub(crate) fn event_sample(e: &GuardEvent<'_>) -> (&'static str, &'static str, f64) {
+    let value = match &e.decision {
+        Decision::Retry { delay, .. } => delay.as_secs_f64(),
+        Decision::CacheExpiry { count } => *count as f64,
+        _ => 1.0,
+    };
+    (e.guard.as_str(), e.decision.label(), value)
+}
 
 /// One sample.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -148,17 +170,8 @@ impl MetricsHistory {
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
         let this = Arc::clone(self);
         events::subscribe(move |e| {
-            let value = match &e.decision {
-                Decision::Retry { delay, .. } => delay.as_secs_f64(),
-                Decision::CacheExpiry { count } => *count as f64,
-                _ => 1.0,
-            };
-            this.record_metric(
-                e.guard.as_str(),
-                e.decision.label(),
-                value,
-                &[("name", e.name)],
-            );
+            let (component, metric, value) = event_sample(e);
+            this.record_metric(component, metric, value, &[("name", e.name)]);
         })
     }
 

@@ -505,11 +505,11 @@ impl Inner {
                         .map(|(k, v)| Label::new(*k, v.to_string()))
                         .collect::<Vec<_>>(),
                 );
-                metrics::with_recorder(|r| register(r, &key, &METADATA))
+                Some(metrics::with_recorder(|r| register(r, &key, &METADATA)))
             },
             H::clone,
         );
-        Some(handle)
+        handle
     }
 }
 

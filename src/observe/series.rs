@@ -79,19 +79,21 @@ impl<V> SeriesTable<V> {
         table.find(hash, |e| e.is(key)).map(|e| f(&e.value))
     }
 
-    /// The value of `key`, inserting `make()` unless another thread inserted it first
-    /// (then `make` is not called); `f` runs on the value under the write lock.
+    /// The value of `key`, inserting what `make()` gives unless another thread inserted it
+    /// first (then `make` is not called); `f` runs on the value under the write lock.
+    /// `None` when `make` gave nothing (a cap reached): nothing is inserted.
     pub(crate) fn insert_with<R>(
         &self,
         hash: u64,
         key: &SeriesKey<'_>,
-        make: impl FnOnce() -> V,
+        make: impl FnOnce() -> Option<V>,
         f: impl FnOnce(&V) -> R,
-    ) -> R {
+    ) -> Option<R> {
         let mut table = self.table.write();
         if let Some(e) = table.find(hash, |e| e.is(key)) {
-            return f(&e.value);
+            return Some(f(&e.value));
         }
+        let value = make()?;
         let entry = table.insert_unique(
             hash,
             Entry {
@@ -102,11 +104,11 @@ impl<V> SeriesTable<V> {
                     .iter()
                     .map(|(k, v)| (Box::from(*k), Box::from(*v)))
                     .collect(),
-                value: make(),
+                value,
             },
             |e| e.hash,
         );
-        f(&entry.get().value)
+        Some(f(&entry.get().value))
     }
 
     /// How many series the table holds.
@@ -146,7 +148,7 @@ mod tests {
         ];
         for (i, k) in keys.iter().enumerate() {
             let h = t.hash(k);
-            assert_eq!(t.insert_with(h, k, || i as u32, |v| *v), i as u32);
+            assert_eq!(t.insert_with(h, k, || Some(i as u32), |v| *v), Some(i as u32));
         }
         assert_eq!(t.len(), keys.len());
         for (i, k) in keys.iter().enumerate() {
@@ -154,9 +156,12 @@ mod tests {
             // A second insert finds the first value and does not call `make`.
             assert_eq!(
                 t.insert_with(t.hash(k), k, || unreachable!(), |v| *v),
-                i as u32
+                Some(i as u32)
             );
         }
+        let capped = SeriesKey { parts: &["capped"], labels: &[] };
+        assert_eq!(t.insert_with(t.hash(&capped), &capped, || None, |v| *v), None);
+        assert_eq!(t.len(), keys.len());
         let absent = SeriesKey {
             parts: &["a"],
             labels: &[("b", "")],

@@ -179,10 +179,7 @@ pub(crate) fn ms(d: Duration) -> i64 {
 
 /// A store's now: ms since the Unix epoch on its clock.
 pub(crate) fn now_ms(clock: &dyn crate::clock::Clock) -> i64 {
-    ms(clock
-        .system_time()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default())
+    crate::clock::unix_ms(clock.system_time())
 }
 
 /// The words for finishing a claim in `state`, for errors.
