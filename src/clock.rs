@@ -247,4 +247,3 @@ pub(crate) fn unix_ms(t: SystemTime) -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
-

@@ -21,6 +21,9 @@ pub(crate) struct Schema {
     pub application_id: i64,
     /// The `PRAGMA user_version` this build writes and reads.
     pub version: i64,
+    /// Pragmas a fresh file needs before anything is written to it (`auto_vacuum` takes
+    /// effect only there: before the journal mode and outside a transaction).
+    pub fresh: &'static str,
     /// The statements that create a fresh database.
     pub create: &'static str,
     /// `PRAGMA synchronous`: `FULL` where a commit must be on disk when it returns,
@@ -108,6 +111,10 @@ pub(crate) fn open(
             return Err(refuse(format!("the file holds no {what}")));
         }
         return Ok(conn);
+    }
+    if tables == 0 && !schema.fresh.is_empty() {
+        conn.execute_batch(schema.fresh)
+            .map_err(err("set the pragmas of a fresh file"))?;
     }
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))

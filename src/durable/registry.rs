@@ -31,6 +31,7 @@ const SCHEMA: Schema = Schema {
     what: "registry",
     application_id: APPLICATION_ID,
     version: SCHEMA_VERSION,
+    fresh: "",
     create: SCHEMA_V1,
     // FULL: a commit record is on disk when the transaction returns, WAL or not.
     synchronous: "FULL",

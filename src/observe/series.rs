@@ -148,7 +148,10 @@ mod tests {
         ];
         for (i, k) in keys.iter().enumerate() {
             let h = t.hash(k);
-            assert_eq!(t.insert_with(h, k, || Some(i as u32), |v| *v), Some(i as u32));
+            assert_eq!(
+                t.insert_with(h, k, || Some(i as u32), |v| *v),
+                Some(i as u32)
+            );
         }
         assert_eq!(t.len(), keys.len());
         for (i, k) in keys.iter().enumerate() {
@@ -159,8 +162,14 @@ mod tests {
                 Some(i as u32)
             );
         }
-        let capped = SeriesKey { parts: &["capped"], labels: &[] };
-        assert_eq!(t.insert_with(t.hash(&capped), &capped, || None, |v| *v), None);
+        let capped = SeriesKey {
+            parts: &["capped"],
+            labels: &[],
+        };
+        assert_eq!(
+            t.insert_with(t.hash(&capped), &capped, || None, |v| *v),
+            None
+        );
         assert_eq!(t.len(), keys.len());
         let absent = SeriesKey {
             parts: &["a"],

@@ -21,6 +21,7 @@ const DB: Schema = Schema {
     what: WHAT,
     application_id: APPLICATION_ID,
     version: 1,
+    fresh: "",
     create: SCHEMA,
     synchronous: "FULL",
 };

@@ -58,10 +58,10 @@ const SCHEMA: Schema = Schema {
     what: WHAT,
     application_id: 0x4752_4d48, // "GRMH"
     version: 1,
-    // Set before the first table: only then can deleted rows give their pages back to the
-    // file (the size bound is on the file).
+    // Only a fresh file can take it: deleted rows then give their pages back to the file
+    // (the size bound is on the file).
+    fresh: "PRAGMA auto_vacuum = INCREMENTAL;",
     create: "
-PRAGMA auto_vacuum = INCREMENTAL;
 CREATE TABLE series (
     id INTEGER PRIMARY KEY,
     component TEXT NOT NULL,
@@ -172,10 +172,7 @@ impl SqliteHistoryConfig {
             return bad("flush_interval", "must be above zero");
         }
         if self.batch_size == 0 || self.max_pending < self.batch_size {
-            return bad(
-                "batch_size",
-                "must be at least 1 and at most max_pending",
-            );
+            return bad("batch_size", "must be at least 1 and at most max_pending");
         }
         if self.max_series == 0 || self.max_series > u32::MAX as usize {
             return bad("max_series", "must be within 1..=4294967295");
@@ -427,7 +424,9 @@ impl SqliteHistory {
     pub fn watch(&self, component: &str, metric: &str, config: DetectorConfig) -> Result<()> {
         config.validate()?;
         let mut watches = self.shared.watches.lock();
-        watches.1.retain(|w| w.component != component || w.metric != metric);
+        watches
+            .1
+            .retain(|w| w.component != component || w.metric != metric);
         watches.1.push(Arc::new(Watch {
             component: component.to_string(),
             metric: metric.to_string(),
@@ -640,7 +639,8 @@ impl Writer {
             let written = self.write(&batch);
             batch.clear();
             let mut report = None;
-            if maintain || self.last_maintenance.elapsed() >= self.shared.config.maintenance_interval
+            if maintain
+                || self.last_maintenance.elapsed() >= self.shared.config.maintenance_interval
             {
                 self.last_maintenance = Instant::now();
                 report = Some(self.maintain());
@@ -744,9 +744,7 @@ impl Writer {
                     Some(id) => id,
                     None => {
                         let id: i64 = upsert
-                            .query_row(params![def.component, def.metric, def.tags], |r| {
-                                r.get(0)
-                            })
+                            .query_row(params![def.component, def.metric, def.tags], |r| r.get(0))
                             .map_err(err("record a series"))?;
                         ws.db_id = Some(id);
                         ws.watch_gen = u64::MAX;
@@ -823,7 +821,8 @@ impl Writer {
         let cfg = &self.shared.config;
         let to_ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         // Whole minutes only, so a minute's rollup is made once from all its samples.
-        let fold_before = now_ms.saturating_sub(to_ms(cfg.downsample_after)) / ROLLUP_MS * ROLLUP_MS;
+        let fold_before =
+            now_ms.saturating_sub(to_ms(cfg.downsample_after)) / ROLLUP_MS * ROLLUP_MS;
         let expire_before = now_ms.saturating_sub(to_ms(cfg.max_age));
         let max_bytes = cfg.max_bytes;
         let mut m = Maintenance::default();
@@ -844,14 +843,15 @@ impl Writer {
             .execute("DELETE FROM samples WHERE at_ms < ?1", params![fold_before])
             .map_err(sql(&self.shared.path, "downsample"))? as u64;
         for table in ["samples", "rollups", "anomalies"] {
-            m.expired += tx
-                .execute(
+            m.expired +=
+                tx.execute(
                     &format!("DELETE FROM {table} WHERE at_ms < ?1"),
                     params![expire_before],
                 )
                 .map_err(sql(&self.shared.path, "expire old data"))? as u64;
         }
-        tx.commit().map_err(sql(&self.shared.path, "commit maintenance"))?;
+        tx.commit()
+            .map_err(sql(&self.shared.path, "commit maintenance"))?;
         // Past the size bound: drop the oldest tenth of what is kept until the live pages
         // fit (bounded: each round halves nothing away only when nothing is left).
         for _ in 0..32 {
@@ -876,11 +876,18 @@ impl Writer {
                         &format!("DELETE FROM {table} WHERE at_ms < ?1"),
                         params![cut],
                     )
-                    .map_err(sql(&self.shared.path, "evict old data"))? as u64;
+                    .map_err(sql(&self.shared.path, "evict old data"))?
+                    as u64;
             }
         }
+        // Each step of the pragma gives back pages: it runs to its end.
         self.conn
-            .execute_batch("PRAGMA incremental_vacuum;")
+            .prepare("PRAGMA incremental_vacuum")
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
             .map_err(sql(&self.shared.path, "return freed pages"))?;
         self.checkpoint();
         m.bytes = file_bytes(&self.shared.path);
@@ -914,8 +921,12 @@ fn resume_baseline(stored: Option<&str>, config: &DetectorConfig) -> Option<Base
     if let Some(json) = stored {
         match serde_json::from_str::<Baseline>(json) {
             Ok(b) if b.config() == config => return Some(b),
-            Ok(_) => tracing::info!("metrics history: the detector config changed, the baseline starts afresh"),
-            Err(e) => tracing::warn!(error = %e, "metrics history: a stored baseline is unreadable and starts afresh"),
+            Ok(_) => tracing::info!(
+                "metrics history: the detector config changed, the baseline starts afresh"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics history: a stored baseline is unreadable and starts afresh")
+            }
         }
     }
     Baseline::new(config.clone()).ok()
@@ -1049,7 +1060,6 @@ impl HistoryReader {
         })
     }
 
-
     fn since_ms(&self, since: Duration) -> i64 {
         unix_ms(self.clock.system_time())
             .saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
@@ -1087,7 +1097,11 @@ impl HistoryReader {
                         min: r.get(3)?,
                         max: r.get(4)?,
                         count: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                        resolution: if r.get::<_, i64>(6)? == 1 { "raw" } else { "1m" },
+                        resolution: if r.get::<_, i64>(6)? == 1 {
+                            "raw"
+                        } else {
+                            "1m"
+                        },
                     })
                 },
             )
@@ -1162,7 +1176,10 @@ impl HistoryReader {
     }
 }
 
-fn sql<'a>(path: &'a Path, operation: &'static str) -> impl Fn(rusqlite::Error) -> GuardrailError + 'a {
+fn sql<'a>(
+    path: &'a Path,
+    operation: &'static str,
+) -> impl Fn(rusqlite::Error) -> GuardrailError + 'a {
     move |e| sql_error_of(WHAT, path, operation, e)
 }
 
