@@ -247,3 +247,68 @@ pub(crate) fn unix_ms(t: SystemTime) -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Wall-clock milliseconds for a hot path: a TSC read per call and a `clock_gettime` at
+/// most once a millisecond (it costs ~47 ns on this project's VMs, half a recording
+/// call), so a stamp is at most ~1 ms old. Racing refreshes are harmless: each stores a
+/// real reading.
+#[cfg_attr(not(feature = "history"), allow(dead_code))]
+pub(crate) struct RecentWallMs {
+    clock: quanta::Clock,
+    ticks_per_ms: u64,
+    last_raw: AtomicU64,
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+#[cfg_attr(not(feature = "history"), allow(dead_code))]
+impl RecentWallMs {
+    pub(crate) fn new() -> Self {
+        let clock = quanta::Clock::new();
+        // quanta scales ticks to nanoseconds; inverting the scale of a large span gives
+        // the ticks in a millisecond without waiting one out.
+        let span = 1_000_000_000u64;
+        let nanos = clock.delta_as_nanos(0, span).max(1);
+        let ticks_per_ms = (u128::from(span) * 1_000_000 / u128::from(nanos)).max(1);
+        let this = Self {
+            ticks_per_ms: u64::try_from(ticks_per_ms).unwrap_or(u64::MAX),
+            last_raw: AtomicU64::new(clock.raw()),
+            last_ms: std::sync::atomic::AtomicI64::new(unix_ms(SystemTime::now())),
+            clock,
+        };
+        this.refresh(this.clock.raw());
+        this
+    }
+
+    #[inline]
+    pub(crate) fn now_ms(&self) -> i64 {
+        let raw = self.clock.raw();
+        if raw.wrapping_sub(self.last_raw.load(Ordering::Relaxed)) < self.ticks_per_ms {
+            return self.last_ms.load(Ordering::Relaxed);
+        }
+        self.refresh(raw)
+    }
+
+    #[cold]
+    fn refresh(&self, raw: u64) -> i64 {
+        let ms = unix_ms(SystemTime::now());
+        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_raw.store(raw, Ordering::Relaxed);
+        ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_wall_ms_is_a_real_reading_at_most_a_few_ms_old() {
+        let recent = RecentWallMs::new();
+        for _ in 0..1000 {
+            let before = unix_ms(SystemTime::now());
+            let got = recent.now_ms();
+            let after = unix_ms(SystemTime::now());
+            assert!(got <= after && got + 5 >= before, "{before} {got} {after}");
+        }
+    }
+}

@@ -1109,3 +1109,136 @@ fn serve_answers_health_and_metrics_until_sigterm_and_refuses_a_bad_config_with_
         "{out:?}"
     );
 }
+
+#[test]
+fn history_commands_read_points_and_anomalies_and_exit_by_state() {
+    use guardrails::observe::detect::{DetectorConfig, Direction};
+    use guardrails::observe::history::{SqliteHistory, SqliteHistoryConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    let db_arg = db.to_str().unwrap();
+    {
+        let history = SqliteHistory::open(&db, SqliteHistoryConfig::default()).unwrap();
+        let detector = DetectorConfig {
+            warmup: 20,
+            direction: Direction::Above,
+            ..DetectorConfig::default()
+        };
+        history.watch("training", "loss", detector).unwrap();
+        for i in 0..20 {
+            history.record_metric(
+                "training",
+                "loss",
+                1.0 + (i % 4) as f64 * 0.1,
+                &[("run", "r1")],
+            );
+        }
+        history.flush().unwrap();
+        // Writing is done; now the calm series is read back before the spike.
+        let out = guardrails(&["history", "anomalies", "--db", db_arg, "--format", "json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["anomalous_now"], 0);
+        assert_eq!(doc["series"][0]["state"], "normal");
+        assert_eq!(doc["series"][0]["count"], 20);
+        history.record_metric("training", "loss", 9.0, &[("run", "r1")]);
+    } // dropped: the writer writes the spike and closes the file
+
+    let out = guardrails(&[
+        "history",
+        "query",
+        "--db",
+        db_arg,
+        "--component",
+        "training",
+        "--metric",
+        "loss",
+        "--since",
+        "10m",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = doc["points"].as_array().unwrap();
+    assert_eq!(points.len(), 21);
+    assert_eq!(points[20]["value"], 9.0);
+    assert_eq!(points[20]["tags"]["run"], "r1");
+    assert_eq!(points[0]["resolution"], "raw");
+    assert_eq!(doc["since_seconds"], 600.0);
+
+    let out = guardrails(&["history", "anomalies", "--db", db_arg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "a series is anomalous now");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["anomalous_now"], 1);
+    assert_eq!(doc["anomalies"][0]["state"], "anomalous");
+    assert_eq!(doc["anomalies"][0]["value"], 9.0);
+    assert!(doc["anomalies"][0]["z"].as_f64().unwrap() > 3.0);
+
+    let out = guardrails(&["history", "anomalies", "--db", db_arg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("raised  training/loss run=r1 value 9"),
+        "{text}"
+    );
+
+    let out = guardrails(&[
+        "history",
+        "query",
+        "--db",
+        db_arg,
+        "--component",
+        "training",
+        "--metric",
+        "loss",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 21);
+
+    let missing = dir.path().join("absent.db");
+    let out = guardrails(&[
+        "history",
+        "query",
+        "--db",
+        missing.to_str().unwrap(),
+        "--component",
+        "c",
+        "--metric",
+        "m",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["error"].to_string().contains("no metrics history file"),
+        "{doc}"
+    );
+    let out = guardrails(&[
+        "history",
+        "query",
+        "--db",
+        db_arg,
+        "--component",
+        "c",
+        "--metric",
+        "m",
+        "--since",
+        "soon",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad duration is a usage error"
+    );
+}

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod config_cmd;
 mod health_cmd;
+mod history_cmd;
 mod json_cmd;
 mod once_cmd;
 mod output;
@@ -49,6 +50,9 @@ enum Command {
     /// Check memory, CPU, disk, file descriptors and GPUs against limits. Exit 1 when the
     /// status is at or above --fail-on.
     Health(health_cmd::HealthArgs),
+    /// Read a metrics history file: one metric's points, the detectors' anomalies.
+    #[command(subcommand)]
+    History(history_cmd::HistoryCommand),
     /// Read an LLM's answer on stdin and print the valid JSON in it (repaired unless
     /// --strict). Exit 1 when no valid JSON could be produced.
     Json(json_cmd::JsonArgs),
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
     let status = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &out),
         Command::Health(args) => health_cmd::run(args, &out),
+        Command::History(cmd) => history_cmd::run(cmd, &out),
         Command::Json(args) => json_cmd::run(args, &out),
         Command::Preflight(args) => pipeline_cmd::preflight(args, &out),
         Command::Gates(args) => pipeline_cmd::gates(args, &out),

@@ -44,7 +44,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::event_sample;
-use crate::clock::{Clock, SharedClock, SystemClock, unix_ms};
+use crate::clock::{Clock, RecentWallMs, SharedClock, SystemClock, unix_ms};
 use crate::error::{ErrorClass, GuardrailError, Result};
 use crate::events::{self, Subscription};
 use crate::observe::detect::{AnomalyState, Baseline, DetectorConfig};
@@ -237,6 +237,10 @@ struct SeriesDef {
 #[derive(Default)]
 struct Queue {
     pending: Vec<Pending>,
+    /// Counted under the lock the push takes anyway (an atomic would be a second
+    /// cache-line write per sample).
+    recorded: u64,
+    dropped: u64,
     flush_requested: u64,
     flush_done: u64,
     maintain_requested: bool,
@@ -257,15 +261,16 @@ struct Shared {
     path: PathBuf,
     config: SqliteHistoryConfig,
     clock: SharedClock,
+    /// Stamps for the real clock, cheaper than a `clock_gettime` per sample; `None` on an
+    /// injected clock, which is read as it is.
+    recent: Option<RecentWallMs>,
     series: SeriesTable<u32>,
     defs: Mutex<Vec<Arc<SeriesDef>>>,
     queue: Mutex<Queue>,
     work: Condvar,
     done: Condvar,
     watches: Mutex<(u64, Vec<Arc<Watch>>)>,
-    recorded: AtomicU64,
     written: AtomicU64,
-    dropped: AtomicU64,
     dropped_series: AtomicU64,
     write_errors: AtomicU64,
 }
@@ -324,7 +329,7 @@ impl SqliteHistory {
     /// [`GuardrailError::Config`] for a bad `config`; [`GuardrailError::Store`] when the
     /// file cannot be opened or is not a metrics history.
     pub fn open(path: impl AsRef<Path>, config: SqliteHistoryConfig) -> Result<Self> {
-        Self::open_with_clock(path, config, SystemClock)
+        Self::start(path.as_ref(), config, Arc::new(SystemClock), true)
     }
 
     /// [`SqliteHistory::open`] with timestamps and retention on `clock` (a `ManualClock` in
@@ -337,14 +342,23 @@ impl SqliteHistory {
         config: SqliteHistoryConfig,
         clock: impl Clock + 'static,
     ) -> Result<Self> {
+        Self::start(path.as_ref(), config, Arc::new(clock), false)
+    }
+
+    fn start(
+        path: &Path,
+        config: SqliteHistoryConfig,
+        clock: SharedClock,
+        real_clock: bool,
+    ) -> Result<Self> {
         config.validate()?;
-        let path = path.as_ref().to_path_buf();
-        let clock: SharedClock = Arc::new(clock);
+        let path = path.to_path_buf();
         let conn = sqlite::open(&path, &SCHEMA, Access::ReadWrite, config.busy_timeout)?;
         let reader = HistoryReader::connect(&path, Arc::clone(&clock))?;
         let shared = Arc::new(Shared {
             path: path.clone(),
             clock,
+            recent: real_clock.then(RecentWallMs::new),
             series: SeriesTable::default(),
             defs: Mutex::new(Vec::new()),
             queue: Mutex::new(Queue {
@@ -355,9 +369,7 @@ impl SqliteHistory {
             work: Condvar::new(),
             done: Condvar::new(),
             watches: Mutex::new((0, Vec::new())),
-            recorded: AtomicU64::new(0),
             written: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
             dropped_series: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
         });
@@ -484,13 +496,14 @@ impl SqliteHistory {
     /// The counts so far.
     pub fn stats(&self) -> HistoryStats {
         let s = &self.shared;
+        let q = s.queue.lock();
         HistoryStats {
-            recorded: s.recorded.load(Ordering::Relaxed),
+            recorded: q.recorded,
             written: s.written.load(Ordering::Relaxed),
-            dropped: s.dropped.load(Ordering::Relaxed),
+            dropped: q.dropped,
             dropped_series: s.dropped_series.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
-            pending: s.queue.lock().pending.len() as u64,
+            pending: q.pending.len() as u64,
         }
     }
 
@@ -559,11 +572,13 @@ impl Shared {
 
     #[inline]
     fn push(&self, series: u32, value: f64) {
-        let at_ms = unix_ms(self.clock.system_time());
+        let at_ms = match &self.recent {
+            Some(recent) => recent.now_ms(),
+            None => unix_ms(self.clock.system_time()),
+        };
         let mut q = self.queue.lock();
         if q.pending.len() >= self.config.max_pending {
-            drop(q);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            q.dropped += 1;
             return;
         }
         q.pending.push(Pending {
@@ -571,9 +586,9 @@ impl Shared {
             at_ms,
             value,
         });
+        q.recorded += 1;
         let wake = q.pending.len() == self.config.batch_size;
         drop(q);
-        self.recorded.fetch_add(1, Ordering::Relaxed);
         if wake {
             self.work.notify_one();
         }
