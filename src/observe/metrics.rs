@@ -494,7 +494,7 @@ impl Inner {
         };
         // Registered under the write lock: two threads seeing a new set at once register
         // it once.
-        let handle = handles.insert_with(
+        handles.insert_with(
             hash,
             &key,
             || {
@@ -508,8 +508,7 @@ impl Inner {
                 Some(metrics::with_recorder(|r| register(r, &key, &METADATA)))
             },
             H::clone,
-        );
-        handle
+        )
     }
 }
 
