@@ -60,6 +60,8 @@ pub enum GuardKind {
     Idempotency,
     /// A pipeline stage (gates, quarantine).
     Stage,
+    /// A supervisor (task failures, recovery actions, restarts, giving up).
+    Supervisor,
 }
 
 impl GuardKind {
@@ -77,6 +79,7 @@ impl GuardKind {
             Self::JsonGuard => "json_guard",
             Self::Idempotency => "idempotency",
             Self::Stage => "stage",
+            Self::Supervisor => "supervisor",
         }
     }
 }
@@ -178,6 +181,29 @@ pub enum Decision<'a> {
         /// The outcome.
         outcome: &'static str,
     },
+    /// A supervised task failed.
+    TaskFailed {
+        /// The attempt (1 = the first run).
+        attempt: u32,
+        /// The failure kind its recovery actions are looked up by.
+        kind: &'a str,
+    },
+    /// A supervisor ran a recovery action.
+    RecoveryAction {
+        /// The action.
+        action: &'a str,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// A supervisor restarts its task after `delay`.
+    Restart {
+        /// The attempt about to run.
+        attempt: u32,
+        /// The wait before it.
+        delay: Duration,
+    },
+    /// A supervisor gave up (restart intensity exceeded, or a fatal failure).
+    GaveUp,
 }
 
 impl Decision<'_> {
@@ -202,6 +228,10 @@ impl Decision<'_> {
             Self::GateResult { .. } => "gate_result",
             Self::Quarantined => "quarantined",
             Self::Idempotency { .. } => "idempotency",
+            Self::TaskFailed { .. } => "task_failed",
+            Self::RecoveryAction { .. } => "recovery_action",
+            Self::Restart { .. } => "restart",
+            Self::GaveUp => "gave_up",
         }
     }
 }

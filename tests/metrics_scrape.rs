@@ -198,6 +198,36 @@ fn a_scrape_after_the_scenario_holds_every_documented_metric() {
     fx.run(&key, "p", |_| Ok(1)).unwrap();
     fx.run(&key, "p", |_| Ok(1)).unwrap();
 
+    // A supervised task that keeps failing: a failure, a recovery action, a restart, a
+    // second failure past the intensity, the give-up.
+    let supervisor = guardrails::observe::supervisor::Supervisor::new(
+        "scrape-supervisor",
+        guardrails::observe::supervisor::SupervisorConfig {
+            max_restarts: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .with_clock(ManualClock::new())
+    .recover(
+        "external",
+        guardrails::observe::supervisor::RecoveryAction::new(
+            "reset",
+            Duration::from_secs(5),
+            |_| Ok(()),
+        ),
+    );
+    assert!(
+        supervisor
+            .run(|_| -> Result<()> {
+                Err(GuardrailError::external_with_class(
+                    std::io::Error::other("worker crashed"),
+                    guardrails::ErrorClass::Retryable,
+                ))
+            })
+            .is_err()
+    );
+
     let model = Arc::new(
         ModelHealthCheck::new("scrape-model", ModelHealthConfig::default())
             .unwrap()
@@ -302,6 +332,22 @@ fn a_scrape_after_the_scenario_holds_every_documented_metric() {
             2.0,
         ),
         ("user_orders_total{region=\"eu\"}", 1.0),
+        (
+            "guardrails_supervisor_task_failures_total{name=\"scrape-supervisor\",kind=\"external\"}",
+            2.0,
+        ),
+        (
+            "guardrails_supervisor_recovery_actions_total{name=\"scrape-supervisor\",action=\"reset\",result=\"ok\"}",
+            1.0,
+        ),
+        (
+            "guardrails_supervisor_restarts_total{name=\"scrape-supervisor\"}",
+            1.0,
+        ),
+        (
+            "guardrails_supervisor_gave_up_total{name=\"scrape-supervisor\"}",
+            1.0,
+        ),
     ];
     for (series, want) in expect {
         assert_eq!(sample(&text, series), Some(want), "{series} in:\n{text}");

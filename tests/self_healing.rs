@@ -120,24 +120,22 @@ mod supervisor {
     use std::time::Duration;
 
     use guardrails::backoff::Backoff;
+    use guardrails::events::{self, GuardKind};
     use guardrails::observe::supervisor::{
-        RecoveryAction, Supervisor, SupervisorConfig, SupervisorGaveUp, SupervisorStep,
+        ChildFailed, RecoveryAction, Supervisor, SupervisorConfig, SupervisorGaveUp, SupervisorStep,
     };
+    use guardrails::process::ProcessLimits;
     use guardrails::{Clock, ErrorClass, GuardrailError, ManualClock, Result};
 
-    /// Runs a real child process; a non-zero exit (a crash) is a retryable failure.
-    fn child(code: i32) -> Result<()> {
-        let status = Command::new("sh")
-            .args(["-c", &format!("exit {code}")])
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(GuardrailError::external_with_class(
-                std::io::Error::other(format!("worker exited with {status}")),
-                ErrorClass::Retryable,
-            ))
-        }
+    /// A real child process that exits with `code`.
+    fn child(code: i32) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("echo 'worker says {code}' >&2; exit {code}")]);
+        cmd
+    }
+
+    fn limits() -> ProcessLimits {
+        ProcessLimits::new(Duration::from_secs(30))
     }
 
     type Steps = Arc<Mutex<Vec<SupervisorStep>>>;
@@ -165,8 +163,25 @@ mod supervisor {
         let clock = ManualClock::new();
         let (sup, steps) = supervisor(5, &clock);
         let start = clock.now();
-        sup.run(|attempt| child(if attempt < 3 { 3 } else { 0 }))
+        let out = sup
+            .run_process(|attempt| child(if attempt < 3 { 3 } else { 0 }), &limits())
             .unwrap();
+        assert!(out.status.success());
+        let failures: Vec<String> = steps
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                SupervisorStep::Failed { kind, error, .. } => Some(format!("{kind}: {error}")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failures.len(), 2);
+        assert!(
+            failures[0].starts_with("child_exit: ")
+                && failures[0].contains("sh exited with code 3: worker says 3"),
+            "{failures:?}"
+        );
         let restarts: Vec<(u32, Duration)> = steps
             .lock()
             .unwrap()
@@ -196,10 +211,13 @@ mod supervisor {
         let (sup, steps) = supervisor(3, &clock);
         let mut runs = 0;
         let err = sup
-            .run(|_| {
-                runs += 1;
-                child(7)
-            })
+            .run_process(
+                |_| {
+                    runs += 1;
+                    child(7)
+                },
+                &limits(),
+            )
             .unwrap_err();
         assert_eq!(runs, 4, "the first run and three restarts");
         assert_eq!(err.class(), ErrorClass::Fatal);
@@ -215,14 +233,9 @@ mod supervisor {
             .get_ref()
             .downcast_ref::<SupervisorGaveUp>()
             .expect("the cause is SupervisorGaveUp");
-        assert!(
-            gave_up
-                .last
-                .to_string()
-                .contains("exited with exit status: 7"),
-            "{}",
-            gave_up.last
-        );
+        let last = ChildFailed::of(&gave_up.last).expect("the last error is the child's");
+        assert_eq!((last.code, last.signal), (Some(7), None));
+        assert_eq!(last.stderr_tail.trim(), "worker says 7");
         assert!(matches!(
             steps.lock().unwrap().last(),
             Some(SupervisorStep::GaveUp { .. })
@@ -231,17 +244,20 @@ mod supervisor {
         // Restarts older than the window are forgotten: a failure an hour apart restarts.
         let (sup, _) = supervisor(1, &clock);
         let mut runs = 0;
-        sup.run(|_| {
-            runs += 1;
-            match runs {
-                1 => child(1),
-                2 => {
-                    clock.advance(Duration::from_secs(3600));
-                    child(1)
+        sup.run_process(
+            |_| {
+                runs += 1;
+                match runs {
+                    1 => child(1),
+                    2 => {
+                        clock.advance(Duration::from_secs(3600));
+                        child(1)
+                    }
+                    _ => child(0),
                 }
-                _ => child(0),
-            }
-        })
+            },
+            &limits(),
+        )
         .unwrap();
         assert_eq!(runs, 3);
     }
@@ -343,6 +359,121 @@ mod supervisor {
                 ("reallocate".to_string(), false),
                 ("fall back to checkpoint".to_string(), true),
             ]
+        );
+    }
+
+    #[test]
+    fn a_child_killed_by_a_signal_gets_the_signal_recovery_and_every_step_is_a_guard_event() {
+        let clock = ManualClock::new();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = Arc::clone(&seen);
+        let _subscription = events::subscribe(move |e| {
+            if e.guard == GuardKind::Supervisor && e.name == "signal-worker" {
+                sink.lock().unwrap().push(e.decision.label().to_string());
+            }
+        });
+        let released: Arc<Mutex<u32>> = Arc::default();
+        let counter = Arc::clone(&released);
+        let sup = Supervisor::new(
+            "signal-worker",
+            SupervisorConfig {
+                max_restarts: 1,
+                ..SupervisorConfig::default()
+            },
+        )
+        .unwrap()
+        .with_clock(clock.clone())
+        .recover(
+            "child_signal",
+            RecoveryAction::new("release memory", Duration::from_secs(5), move |_| {
+                *counter.lock().unwrap() += 1;
+                Ok(())
+            }),
+        )
+        .recover(
+            "child_exit",
+            RecoveryAction::new("never", Duration::from_secs(5), |_| {
+                panic!("a signal is not an exit")
+            }),
+        );
+        let err = sup
+            .run_process(
+                |_| {
+                    // What the kernel's OOM killer does to a worker.
+                    let mut cmd = Command::new("sh");
+                    cmd.args(["-c", "kill -9 $$"]);
+                    cmd
+                },
+                &limits(),
+            )
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Fatal);
+        let GuardrailError::External(external) = &err else {
+            panic!("{err:?}")
+        };
+        let gave_up = external
+            .get_ref()
+            .downcast_ref::<SupervisorGaveUp>()
+            .unwrap();
+        assert_eq!(ChildFailed::of(&gave_up.last).unwrap().signal, Some(9));
+        assert_eq!(
+            *released.lock().unwrap(),
+            1,
+            "one failure was recovered, the second gave up"
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "task_failed",
+                "recovery_action",
+                "restart",
+                "task_failed",
+                "gave_up"
+            ]
+        );
+    }
+
+    #[cfg(feature = "async")]
+    #[tokio::test(start_paused = true)]
+    async fn an_async_task_is_restarted_on_paused_time_and_its_recovery_runs_off_the_runtime() {
+        let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+        let log = Arc::clone(&ran);
+        let sup = Supervisor::new(
+            "async-worker",
+            SupervisorConfig {
+                backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60), 2.0),
+                ..SupervisorConfig::default()
+            },
+        )
+        .unwrap()
+        .recover(
+            "timeout",
+            RecoveryAction::new("drain the queue", Duration::from_secs(5), move |_| {
+                log.lock().unwrap().push("drain the queue");
+                Ok(())
+            }),
+        );
+        let start = tokio::time::Instant::now();
+        let out = sup
+            .run_async(|attempt| async move {
+                if attempt < 3 {
+                    Err(GuardrailError::Timeout {
+                        operation: "fetch batch".into(),
+                        elapsed: Duration::from_secs(1),
+                        limit: Duration::from_secs(1),
+                    })
+                } else {
+                    Ok(attempt)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, 3);
+        assert_eq!(*ran.lock().unwrap(), ["drain the queue", "drain the queue"]);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2 + 4),
+            "the backoff's waits, on paused time"
         );
     }
 }

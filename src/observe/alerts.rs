@@ -334,6 +334,10 @@ impl AlertHooks {
                     )
             })
             .summary("{name}: a stalled worker's result was refused (fencing)"),
+            AlertRule::new("SupervisorGaveUp", Severity::Critical, |e| {
+                e.guard == GuardKind::Supervisor && e.decision == Decision::GaveUp
+            })
+            .summary("supervisor {name} gave up: its task is down"),
         ]
     }
 

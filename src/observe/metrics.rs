@@ -140,6 +140,14 @@ metric_docs! {
         "items a stage quarantined";
     IDEMPOTENCY = "guardrails_idempotency_outcomes_total", Counter, ["effect", "outcome"],
         "what each exactly-once call came to (executed, cached, in_progress, mismatch, failed, released, stale_fence)";
+    SUPERVISOR_FAILURES = "guardrails_supervisor_task_failures_total", Counter, ["name", "kind"],
+        "supervised task failures, by failure kind";
+    SUPERVISOR_ACTIONS = "guardrails_supervisor_recovery_actions_total", Counter, ["name", "action", "result"],
+        "recovery actions run (result = ok or failed)";
+    SUPERVISOR_RESTARTS = "guardrails_supervisor_restarts_total", Counter, ["name"],
+        "supervised task restarts";
+    SUPERVISOR_GAVE_UP = "guardrails_supervisor_gave_up_total", Counter, ["name"],
+        "supervisors that gave up (restart intensity exceeded or a fatal failure)";
     ALERTS = "guardrails_alerts_total", Counter, ["alertname", "severity", "status"],
         "alerts delivered by the alert hooks' metric sink (status = firing or resolved)";
     LLM_HEALTH_STATUS = "llm_health_status", Gauge, ["model"],
@@ -310,6 +318,20 @@ impl GuardMetrics {
             Decision::Idempotency { outcome } => {
                 self.counter(IDEMPOTENCY, &[("effect", name), ("outcome", outcome)], 1)
             }
+            Decision::TaskFailed { kind, .. } => {
+                self.counter(SUPERVISOR_FAILURES, &[("name", name), ("kind", kind)], 1)
+            }
+            Decision::RecoveryAction { action, ok } => self.counter(
+                SUPERVISOR_ACTIONS,
+                &[
+                    ("name", name),
+                    ("action", action),
+                    ("result", if *ok { "ok" } else { "failed" }),
+                ],
+                1,
+            ),
+            Decision::Restart { .. } => self.counter(SUPERVISOR_RESTARTS, &[("name", name)], 1),
+            Decision::GaveUp => self.counter(SUPERVISOR_GAVE_UP, &[("name", name)], 1),
         }
     }
 
