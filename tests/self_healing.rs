@@ -522,3 +522,14 @@ fn the_history_records_guard_decisions_from_real_guards() {
         0.95
     );
 }
+
+#[path = "common/retry_fleet.rs"]
+mod retry_fleet;
+
+#[test]
+fn a_storm_spread_over_a_fleet_is_a_fleet_spike_though_no_worker_spikes() {
+    retry_fleet::fleet_storm(
+        Arc::new(guardrails::state::MemoryWindowCounts::new()),
+        "fleet-memory",
+    );
+}

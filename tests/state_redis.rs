@@ -1076,3 +1076,40 @@ fn a_running_effect_keeps_its_lease_renewed() {
         .unwrap();
     assert!(matches!(outcome, Outcome::Executed(_)), "{outcome:?}");
 }
+
+#[path = "common/retry_fleet.rs"]
+mod retry_fleet;
+
+mod window_counts {
+    use super::*;
+    use guardrails::state::{RedisConnection, RedisWindowCounts, SharedWindowCounts};
+
+    #[test]
+    fn a_fleet_storm_is_seen_through_a_real_redis_and_old_buckets_leave() {
+        let server = RedisServer::start();
+        let conn = RedisConnection::connect(&server.url(), RedisConfig::default()).unwrap();
+        let counts = RedisWindowCounts::new(conn.clone());
+        // Two connections, one hash: what one worker adds the other reads.
+        let other = RedisWindowCounts::new(
+            RedisConnection::connect(&server.url(), RedisConfig::default()).unwrap(),
+        );
+        let len = Duration::from_secs(10);
+        assert_eq!(counts.add("k", 1000, 3, 3, len).unwrap(), [0, 0, 3]);
+        assert_eq!(other.add("k", 1001, 2, 3, len).unwrap(), [0, 3, 2]);
+        assert_eq!(counts.add("k", 1003, 0, 3, len).unwrap(), [2, 0, 0]);
+        let mut raw = server.client();
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg("guardrails:window:k")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(fields, ["1001"], "bucket 1000 left the window and the hash");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("guardrails:window:k")
+            .query(&mut raw)
+            .unwrap();
+        assert!(ttl > 30_000 && ttl <= 40_000, "{ttl}");
+        assert!(counts.add("k", 1003, 0, 0, len).is_err());
+
+        retry_fleet::fleet_storm(Arc::new(counts), "fleet-redis");
+    }
+}

@@ -8,6 +8,11 @@
 //! stays empty; feed it by hand where the total of calls matters. Everything can be fed by hand
 //! ([`RetryWindowTracker`], [`RetryHistogram`], [`RetrySpikeDetector`]).
 //!
+//! A fleet shares its retry counts through a [`SharedWindowCounts`] (Redis, or memory for
+//! threads of one process; [`RetryAnalytics::with_fleet`]): each worker adds its retries
+//! per interval and judges the fleet's, so a storm spread thin over many workers, none of
+//! which spikes alone, is a [`RetryAnomaly::FleetSpike`].
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -37,6 +42,9 @@
 //! ```
 
 use std::collections::VecDeque;
+
+use crate::clock::unix_ms;
+use crate::state::SharedWindowCounts;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +228,14 @@ pub enum RetryAnomaly {
         /// The baseline's mean per interval.
         baseline: f64,
     },
+    /// The fleet's retry count of an interval (every worker sharing the
+    /// [`SharedWindowCounts`]) spiked over the fleet's baseline.
+    FleetSpike {
+        /// The fleet's retries in the interval so far.
+        count: u64,
+        /// The fleet's baseline mean per interval.
+        baseline: f64,
+    },
 }
 
 /// Judges single windows and rates against [`RetryAnomalyConfig`].
@@ -387,6 +403,87 @@ impl RetrySpikeDetector {
     }
 }
 
+/// The thread of [`RetryAnalytics::start_fleet_flusher`]; dropping it stops the thread.
+#[derive(Debug)]
+pub struct FleetFlusher {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FleetFlusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One worker's view of the fleet's spike of one policy.
+#[derive(Debug, Default)]
+struct FleetSpikeState {
+    /// The first bucket this worker shared: the baseline is judged once it spans only
+    /// buckets since then (a fresh worker does not judge on half a window).
+    first_bucket: Option<u64>,
+    spiking: bool,
+    /// Buckets judged spiking, left out of the baseline (a storm must not become normal).
+    spiking_buckets: VecDeque<u64>,
+}
+
+impl FleetSpikeState {
+    /// Judges the fleet's `counts`: the `baseline_intervals` buckets before the last
+    /// complete one, the last complete one, then `bucket` (so far). The storm is on while
+    /// the last complete interval or the current one is past the threshold (a worker that
+    /// flushed early in the storm's interval sees it complete at its next flush); it is
+    /// raised once per storm.
+    fn judge(&mut self, bucket: u64, counts: &[u64], config: &SpikeConfig) -> Option<RetryAnomaly> {
+        let first = *self.first_bucket.get_or_insert(bucket);
+        let [baseline_counts @ .., previous, current] = counts else {
+            return None;
+        };
+        let n = baseline_counts.len() as u64;
+        // The baseline must span buckets this worker saw: a fresh one waits a window.
+        if bucket < first.saturating_add(n + 1) {
+            return None;
+        }
+        let start = bucket - n - 1;
+        while self.spiking_buckets.front().is_some_and(|b| *b < start) {
+            self.spiking_buckets.pop_front();
+        }
+        let calm: Vec<u64> = baseline_counts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.spiking_buckets.contains(&(start + *i as u64)))
+            .map(|(_, c)| *c)
+            .collect();
+        if calm.is_empty() {
+            return None;
+        }
+        let baseline = calm.iter().sum::<u64>() as f64 / calm.len() as f64;
+        let threshold = (baseline * config.multiplier).max(config.min_count as f64);
+        let mut on = None;
+        for (b, count) in [(bucket - 1, *previous), (bucket, *current)] {
+            if count as f64 >= threshold {
+                if !self.spiking_buckets.contains(&b) {
+                    self.spiking_buckets.push_back(b);
+                }
+                on = Some(count);
+            }
+        }
+        match on {
+            Some(count) if !self.spiking => {
+                self.spiking = true;
+                Some(RetryAnomaly::FleetSpike { count, baseline })
+            }
+            Some(_) => None,
+            None => {
+                self.spiking = false;
+                None
+            }
+        }
+    }
+}
+
 /// Settings of [`RetryAnalytics`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -415,6 +512,9 @@ pub struct RetryReport {
 }
 
 struct PerPolicy {
+    /// Retries counted since the last fleet flush.
+    unshared: u64,
+    fleet: FleetSpikeState,
     histogram: RetryHistogram,
     spikes: RetrySpikeDetector,
     closed: u64,
@@ -438,6 +538,7 @@ pub struct RetryAnalytics {
     policies: Mutex<HashMap<String, PerPolicy>>,
     clock: SharedClock,
     on_anomaly: Option<AnomalySink>,
+    fleet: Option<Arc<dyn SharedWindowCounts>>,
 }
 
 impl std::fmt::Debug for RetryAnalytics {
@@ -464,6 +565,7 @@ impl RetryAnalytics {
             policies: Mutex::new(HashMap::new()),
             clock,
             on_anomaly: None,
+            fleet: None,
         })
     }
 
@@ -479,6 +581,103 @@ impl RetryAnalytics {
     pub fn on_anomaly(mut self, f: impl Fn(&str, &RetryAnomaly) + Send + Sync + 'static) -> Self {
         self.on_anomaly = Some(Arc::new(f));
         self
+    }
+
+    /// Shares every policy's retry counts through `counts` (per `spike.interval` bucket),
+    /// so each worker also judges the fleet's retries: [`flush_fleet`](Self::flush_fleet)
+    /// (or the thread of [`start_fleet_flusher`](Self::start_fleet_flusher)) adds this
+    /// worker's counts and raises [`RetryAnomaly::FleetSpike`] when the fleet's interval
+    /// passes `multiplier` × the fleet's baseline (and `min_count`).
+    pub fn with_fleet(mut self, counts: Arc<dyn SharedWindowCounts>) -> Self {
+        self.fleet = Some(counts);
+        self
+    }
+
+    /// Adds this worker's retries since the last flush to the fleet's counts and judges
+    /// the fleet's current interval, for every policy seen. Does nothing without
+    /// [`with_fleet`](Self::with_fleet).
+    ///
+    /// # Errors
+    /// The first error of the shared counts (the counts it could not add are kept for
+    /// the next flush).
+    pub fn flush_fleet(&self) -> Result<()> {
+        let Some(counts) = &self.fleet else {
+            return Ok(());
+        };
+        let spike = &self.config.spike;
+        let interval_ms = u64::try_from(spike.interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let bucket = u64::try_from(unix_ms(self.clock.system_time())).unwrap_or(0) / interval_ms;
+        let window = u32::try_from(spike.baseline_intervals + 2).unwrap_or(u32::MAX);
+        let pending: Vec<(String, u64)> = self
+            .policies
+            .lock()
+            .iter_mut()
+            .map(|(name, p)| (name.clone(), std::mem::take(&mut p.unshared)))
+            .collect();
+        let mut first_error = None;
+        for (policy, n) in pending {
+            match counts.add(
+                &format!("retry:{policy}"),
+                bucket,
+                n,
+                window,
+                spike.interval,
+            ) {
+                Ok(fleet) => {
+                    let found = self
+                        .with_policy(&policy, |p| p.fleet.judge(bucket, &fleet, spike))
+                        .flatten();
+                    if let Some(a) = found {
+                        self.found(&policy, a);
+                    }
+                }
+                Err(e) => {
+                    self.with_policy(&policy, |p| p.unshared += n);
+                    tracing::warn!(policy, error = %e, "retry analytics: the fleet's counts could not be shared");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether the fleet's retries of `policy` were spiking at the last flush.
+    pub fn is_fleet_spiking(&self, policy: &str) -> bool {
+        self.policies
+            .lock()
+            .get(policy)
+            .is_some_and(|p| p.fleet.spiking)
+    }
+
+    /// Runs [`flush_fleet`](Self::flush_fleet) every `spike.interval` on a thread of its
+    /// own, until the returned handle is dropped (store errors are logged).
+    ///
+    /// # Errors
+    /// [`GuardrailError::Io`] when the thread cannot start.
+    pub fn start_fleet_flusher(self: &Arc<Self>) -> Result<FleetFlusher> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let this = Arc::downgrade(self);
+        let every = self.config.spike.interval;
+        let thread = std::thread::Builder::new()
+            .name("guardrails-retry-fleet".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    let Some(analytics) = this.upgrade() else {
+                        return;
+                    };
+                    // Logged by flush_fleet; the next round tries again.
+                    let _ = analytics.flush_fleet();
+                }
+            })
+            .map_err(|e| GuardrailError::io("guardrails-retry-fleet thread", e))?;
+        Ok(FleetFlusher {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// Subscribes to the retry policies' guard events.
@@ -510,6 +709,7 @@ impl RetryAnalytics {
         let spike = self
             .with_policy(policy, |p| {
                 p.retries += 1;
+                p.unshared += 1;
                 p.spikes.record(now, 1)
             })
             .flatten();
@@ -582,6 +782,8 @@ impl RetryAnalytics {
             all.insert(
                 policy.to_string(),
                 PerPolicy {
+                    unshared: 0,
+                    fleet: FleetSpikeState::default(),
                     histogram: RetryHistogram::default(),
                     spikes,
                     closed: 0,

@@ -32,6 +32,7 @@ mod memory;
 mod redis;
 #[cfg(all(feature = "durable", unix))]
 mod sqlite;
+mod window;
 
 use std::time::Duration;
 
@@ -44,10 +45,11 @@ pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{
     RedisBreakerState, RedisConfig, RedisConnection, RedisRateLimit, RedisSafety, RedisStore,
-    SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport,
+    RedisWindowCounts, SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport,
 };
 #[cfg(all(feature = "durable", unix))]
 pub use sqlite::SqliteStore;
+pub use window::{MAX_WINDOW_BUCKETS, MemoryWindowCounts, SharedWindowCounts};
 
 /// The most bytes of a key; longer keys are refused (every size from outside is bounded).
 pub const MAX_KEY_BYTES: usize = 512;

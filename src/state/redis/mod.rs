@@ -7,9 +7,11 @@ mod conn;
 mod rate;
 mod safety;
 mod store;
+mod window;
 
 pub use breaker::RedisBreakerState;
 pub use conn::{RedisConfig, RedisConnection};
 pub use rate::RedisRateLimit;
 pub use safety::{RedisSafety, SAFETY_CHECKS, SafetyFinding, SafetyLevel, SafetyReport};
 pub use store::RedisStore;
+pub use window::RedisWindowCounts;
