@@ -2,7 +2,9 @@
 //! failure storm makes them spike, the worker stops, the supervisor runs its recovery
 //! action (switch to the standby endpoint) and restarts it, and the work goes on.
 //!
-//! `cargo run --example self_healing` (about two seconds).
+//! `cargo run --example self_healing` (about two seconds). With `--features history` every
+//! guard decision also goes to an SQLite history (`target/self_healing_history.db`), read
+//! back at the end the way `guardrails history query` reads it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -38,6 +40,16 @@ fn main() -> Result<()> {
         }),
     );
     let _watching = analytics.subscribe();
+
+    #[cfg(feature = "history")]
+    let history = {
+        use guardrails::observe::history::{SqliteHistory, SqliteHistoryConfig};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/self_healing_history.db");
+        let history = Arc::new(SqliteHistory::open(&path, SqliteHistoryConfig::default())?);
+        let subscription = history.subscribe();
+        (history, subscription)
+    };
 
     let policy = RetryPolicy::new(
         RetryConfig::new()
@@ -130,6 +142,21 @@ fn main() -> Result<()> {
     );
     if let Some(r) = report {
         println!("retry windows by attempts: {:?}", r.histogram.buckets());
+    }
+    #[cfg(feature = "history")]
+    {
+        let (history, _subscription) = history;
+        history.flush()?;
+        let hour = Duration::from_secs(3600);
+        let retries = history.query("retry", "retry", hour)?;
+        let restarts = history.query("supervisor", "restart", hour)?;
+        println!(
+            "history {}: {} retries and {} restarts in the last hour (guardrails history query --db {} --component supervisor --metric restart)",
+            history.path().display(),
+            retries.len(),
+            restarts.len(),
+            history.path().display()
+        );
     }
     Ok(())
 }
