@@ -44,8 +44,8 @@ fn main() -> Result<()> {
     #[cfg(feature = "history")]
     let history = {
         use guardrails::observe::history::{SqliteHistory, SqliteHistoryConfig};
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/self_healing_history.db");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/self_healing_history.db");
         let history = Arc::new(SqliteHistory::open(&path, SqliteHistoryConfig::default())?);
         let subscription = history.subscribe();
         (history, subscription)

@@ -1,20 +1,4 @@
-//! Counts per time bucket that a fleet shares: each worker adds what it counted in a bucket
-//! and reads everyone's counts of the buckets around it. The retry analytics use it so a
-//! fleet sees a retry storm that no single worker is large enough to call one.
-//!
-//! Buckets are numbered by the caller (its wall clock divided by the bucket length): hosts
-//! kept by NTP agree to milliseconds, a bucket is seconds long.
-//!
-//! ```
-//! use std::time::Duration;
-//! use guardrails::state::{MemoryWindowCounts, SharedWindowCounts};
-//!
-//! let counts = MemoryWindowCounts::new();
-//! let ten_s = Duration::from_secs(10);
-//! counts.add("retry:llm", 100, 3, 3, ten_s)?; // worker a
-//! assert_eq!(counts.add("retry:llm", 101, 2, 3, ten_s)?, [0, 3, 2]); // worker b
-//! # Ok::<(), guardrails::GuardrailError>(())
-//! ```
+//! Counts per time bucket shared by a fleet; see `SharedWindowCounts`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -26,7 +10,25 @@ use crate::error::{GuardrailError, Result};
 /// The most buckets one read may span.
 pub const MAX_WINDOW_BUCKETS: u32 = 1024;
 
-/// Counts per time bucket shared by a fleet; see the [module docs](self). Implemented in
+/// Counts per time bucket that a fleet shares: each worker adds what it counted in a bucket
+/// and reads everyone's counts of the buckets around it. The retry analytics use it so a
+/// fleet sees a retry storm that no single worker is large enough to call one.
+///
+/// Buckets are numbered by the caller (its wall clock divided by the bucket length): hosts
+/// kept by NTP agree to milliseconds, a bucket is seconds long.
+///
+/// ```
+/// use std::time::Duration;
+/// use guardrails::state::{MemoryWindowCounts, SharedWindowCounts};
+///
+/// let counts = MemoryWindowCounts::new();
+/// let ten_s = Duration::from_secs(10);
+/// counts.add("retry:llm", 100, 3, 3, ten_s)?; // worker a
+/// assert_eq!(counts.add("retry:llm", 101, 2, 3, ten_s)?, [0, 3, 2]); // worker b
+/// # Ok::<(), guardrails::GuardrailError>(())
+/// ```
+///
+/// Implemented in
 /// memory ([`MemoryWindowCounts`]) and on Redis (`RedisWindowCounts`, feature `redis`).
 pub trait SharedWindowCounts: Send + Sync + std::fmt::Debug {
     /// Adds `n` to bucket `bucket` of `key` and answers every worker's counts of the

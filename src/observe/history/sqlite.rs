@@ -1,37 +1,4 @@
-//! The durable history: samples batched into one SQLite file by a writer thread, raw data
-//! folded into one-minute rollups once it is old, kept within an age and a size, and
-//! baselines that survive restarts.
-//!
-//! The recording call only enqueues (a series lookup, a clock read and a push under a
-//! short lock); one writer thread per history wakes every `flush_interval` or at
-//! `batch_size` samples and writes the batch in one transaction. A full queue drops the
-//! sample and counts it (`stats().dropped`): recording never blocks or fails the caller.
-//! Samples still queued when the process is killed are lost (at most `flush_interval` of
-//! them); what was written survives. [`SqliteHistory::flush`] waits until everything
-//! recorded before it is written.
-//!
-//! ```
-//! use std::time::Duration;
-//! use guardrails::observe::detect::DetectorConfig;
-//! use guardrails::observe::history::{HistoryReader, SqliteHistory, SqliteHistoryConfig};
-//!
-//! let dir = tempfile::tempdir()?;
-//! let path = dir.path().join("history.db");
-//! let history = SqliteHistory::open(&path, SqliteHistoryConfig::default())?;
-//! history.watch("training", "loss", DetectorConfig { warmup: 5, ..Default::default() })?;
-//! for loss in [0.9, 0.8, 0.85, 0.82, 0.81, 0.8, 9.0] {
-//!     history.record_metric("training", "loss", loss, &[("run", "r1")]);
-//! }
-//! history.flush()?;
-//! drop(history); // the writer finishes and the file is closed
-//!
-//! let reader = HistoryReader::open(&path)?;
-//! let points = reader.query("training", "loss", Duration::from_secs(3600))?;
-//! assert_eq!(points.len(), 7);
-//! let anomalies = reader.anomalies(Duration::from_secs(3600))?;
-//! assert_eq!(anomalies[0].value, 9.0);
-//! # Ok::<(), guardrails::GuardrailError>(())
-//! ```
+//! The durable metrics history behind feature `history`; see `SqliteHistory`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -275,7 +242,42 @@ struct Shared {
     write_errors: AtomicU64,
 }
 
-/// The durable metrics history; see the [module docs](self).
+/// The durable history: samples batched into one SQLite file by a writer thread, raw data
+/// folded into one-minute rollups once it is old, kept within an age and a size, and
+/// baselines that survive restarts.
+///
+/// The recording call only enqueues (a series lookup, a clock read and a push under a
+/// short lock); one writer thread per history wakes every `flush_interval` or at
+/// `batch_size` samples and writes the batch in one transaction. A full queue drops the
+/// sample and counts it (`stats().dropped`): recording never blocks or fails the caller.
+/// Samples still queued when the process is killed are lost (at most `flush_interval` of
+/// them); what was written survives. [`SqliteHistory::flush`] waits until everything
+/// recorded before it is written.
+///
+/// ```
+/// use std::time::Duration;
+/// use guardrails::observe::detect::DetectorConfig;
+/// use guardrails::observe::history::{HistoryReader, SqliteHistory, SqliteHistoryConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("history.db");
+/// let history = SqliteHistory::open(&path, SqliteHistoryConfig::default())?;
+/// history.watch("training", "loss", DetectorConfig { warmup: 5, ..Default::default() })?;
+/// for loss in [0.9, 0.8, 0.85, 0.82, 0.81, 0.8, 9.0] {
+///     history.record_metric("training", "loss", loss, &[("run", "r1")]);
+/// }
+/// history.flush()?;
+/// drop(history); // the writer finishes and the file is closed
+///
+/// let reader = HistoryReader::open(&path)?;
+/// let points = reader.query("training", "loss", Duration::from_secs(3600))?;
+/// assert_eq!(points.len(), 7);
+/// let anomalies = reader.anomalies(Duration::from_secs(3600))?;
+/// assert_eq!(anomalies[0].value, 9.0);
+/// # Ok::<(), guardrails::GuardrailError>(())
+/// ```
+///
+/// What it keeps is set by [`SqliteHistoryConfig`].
 pub struct SqliteHistory {
     shared: Arc<Shared>,
     reader: HistoryReader,
@@ -398,7 +400,7 @@ impl SqliteHistory {
         &self.shared.path
     }
 
-    /// Records one sample now (only enqueues; see the [module docs](self)).
+    /// Records one sample now (only enqueues; see the [`SqliteHistory`]).
     #[inline]
     pub fn record_metric(&self, component: &str, metric: &str, value: f64, tags: &[(&str, &str)]) {
         let key = SeriesKey {
