@@ -29,6 +29,24 @@ fn scratch() -> tempfile::TempDir {
 /// timed call takes the enqueue path rather than the full-queue drop.
 const CHUNK: u64 = 100_000;
 
+/// Times `iters` calls of `call(i)` in chunks of [`CHUNK`], running `between` untimed after
+/// each chunk.
+fn chunked(iters: u64, mut call: impl FnMut(u64), mut between: impl FnMut()) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        let start = Instant::now();
+        for i in 0..n {
+            call(i);
+        }
+        spent += start.elapsed();
+        between();
+        left -= n;
+    }
+    spent
+}
+
 fn record(c: &mut Criterion) {
     let dir = scratch();
     let config = SqliteHistoryConfig {
@@ -45,41 +63,27 @@ fn record(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("guardrails/record_metric", |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                let start = Instant::now();
-                for i in 0..n {
+            chunked(
+                iters,
+                |i| {
                     history.record_metric(
                         "stage",
                         "latency_seconds",
                         black_box(i as f64),
                         &[("stage", "train")],
-                    );
-                }
-                spent += start.elapsed();
-                history.flush().unwrap();
-                left -= n;
-            }
-            spent
+                    )
+                },
+                || history.flush().unwrap(),
+            )
         })
     });
     g.bench_function("guardrails/series_handle", |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                let start = Instant::now();
-                for i in 0..n {
-                    handle.record(black_box(i as f64));
-                }
-                spent += start.elapsed();
-                history.flush().unwrap();
-                left -= n;
-            }
-            spent
+            chunked(
+                iters,
+                |i| handle.record(black_box(i as f64)),
+                || history.flush().unwrap(),
+            )
         })
     });
     g.bench_function("in_memory_ring/record_metric", |b| {
@@ -96,19 +100,11 @@ fn record(c: &mut Criterion) {
     });
     g.bench_function("mutex_vec/push", |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                let start = Instant::now();
-                for i in 0..n {
-                    bare.lock().push((0, i as i64, black_box(i as f64)));
-                }
-                spent += start.elapsed();
-                bare.lock().clear();
-                left -= n;
-            }
-            spent
+            chunked(
+                iters,
+                |i| bare.lock().push((0, i as i64, black_box(i as f64))),
+                || bare.lock().clear(),
+            )
         })
     });
     g.finish();
