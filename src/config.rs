@@ -69,6 +69,13 @@ pub struct GuardrailsConfig {
     /// `[stages.<name>]`: see [`StageSpec`](crate::pipeline::StageSpec).
     #[cfg(all(feature = "pipeline", unix))]
     pub stages: BTreeMap<String, crate::pipeline::StageSpec>,
+    /// `[retry_analytics]`: see
+    /// [`RetryAnalyticsConfig`](crate::observe::retry_analytics::RetryAnalyticsConfig).
+    pub retry_analytics: crate::observe::retry_analytics::RetryAnalyticsConfig,
+    /// `[history]`: see
+    /// [`SqliteHistoryConfig`](crate::observe::history::SqliteHistoryConfig).
+    #[cfg(feature = "history")]
+    pub history: crate::observe::history::SqliteHistoryConfig,
 }
 
 impl GuardrailsConfig {
@@ -89,6 +96,9 @@ impl GuardrailsConfig {
             pipeline: crate::pipeline::PipelineConfig::new(),
             #[cfg(all(feature = "pipeline", unix))]
             stages: BTreeMap::new(),
+            retry_analytics: crate::observe::retry_analytics::RetryAnalyticsConfig::new(),
+            #[cfg(feature = "history")]
+            history: crate::observe::history::SqliteHistoryConfig::new(),
         }
     }
 
@@ -170,6 +180,9 @@ impl GuardrailsConfig {
             ("breakers".into(), self.breakers.validate()),
             ("resources".into(), self.resources.validate()),
             ("json_guard".into(), self.json_guard.validate()),
+            ("retry_analytics".into(), self.retry_analytics.validate()),
+            #[cfg(feature = "history")]
+            ("history".into(), self.history.validate()),
         ];
         for (name, c) in &self.bulkheads {
             sections.push((format!("bulkheads.{name}"), c.validate()));

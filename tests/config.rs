@@ -137,3 +137,58 @@ fn retry_delays_grow_and_are_capped() {
     // Huge exponents cap instead of overflowing.
     assert_eq!(cfg.delay_for(u32::MAX), Duration::from_secs(60));
 }
+
+#[test]
+fn the_retry_analytics_and_history_sections_are_read_and_checked() {
+    let config = GuardrailsConfig::from_toml_str(
+        r#"
+        [retry_analytics.spike]
+        interval = "30s"
+        multiplier = 4.0
+        [retry_analytics.anomalies]
+        max_attempts = 6
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        config.retry_analytics.spike.interval,
+        Duration::from_secs(30)
+    );
+    assert_eq!(config.retry_analytics.spike.multiplier, 4.0);
+    assert_eq!(
+        config.retry_analytics.spike.baseline_intervals, 12,
+        "unset keys keep defaults"
+    );
+    assert_eq!(config.retry_analytics.anomalies.max_attempts, 6);
+
+    let problems = GuardrailsConfig::diagnose(
+        r#"
+        [retry_analytics.spike]
+        multiplier = 1.0
+        intervall = "5s"
+        "#,
+    )
+    .unwrap_err();
+    let fields: Vec<String> = problems.iter().map(|e| field_and_reason(e).0).collect();
+    assert!(
+        fields.contains(&"retry_analytics.spike.intervall".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"retry_analytics.spike.multiplier".to_string()),
+        "{fields:?}"
+    );
+}
+
+#[cfg(feature = "history")]
+#[test]
+fn the_history_section_is_read_and_checked() {
+    let config = GuardrailsConfig::from_toml_str(
+        "[history]\nmax_bytes = 104857600\ndownsample_after = \"2h\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.history.max_bytes, 100 << 20);
+    assert_eq!(config.history.downsample_after, Duration::from_secs(7200));
+    let err = GuardrailsConfig::from_toml_str("[history]\nbatch_size = 0\n").unwrap_err();
+    assert_eq!(field_and_reason(&err).0, "history.batch_size");
+}

@@ -180,7 +180,7 @@ impl RetryWindowTracker {
 
 /// Thresholds of one retry window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RetryAnomalyConfig {
     /// A window longer than this is anomalous.
     #[serde(with = "humantime_serde")]
@@ -193,6 +193,13 @@ pub struct RetryAnomalyConfig {
 
 impl Default for RetryAnomalyConfig {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryAnomalyConfig {
+    /// The defaults: windows past 60 s or 10 attempts, over 0.5 retries per call.
+    pub const fn new() -> Self {
         Self {
             max_window: Duration::from_secs(60),
             max_attempts: 10,
@@ -276,7 +283,7 @@ impl RetryAnomalyDetector {
 
 /// How the spike detector slides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SpikeConfig {
     /// One interval of the sliding window.
     #[serde(with = "humantime_serde")]
@@ -292,6 +299,37 @@ pub struct SpikeConfig {
 
 impl Default for SpikeConfig {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SpikeConfig {
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    /// [`GuardrailError::Config`] naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.interval.is_zero() {
+            return Err(GuardrailError::config("interval", "must be above zero"));
+        }
+        // The fleet reads baseline_intervals + 2 buckets at once.
+        if self.baseline_intervals == 0 || self.baseline_intervals > 1000 {
+            return Err(GuardrailError::config(
+                "baseline_intervals",
+                "must be within 1..=1000",
+            ));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier > 1.0) {
+            return Err(GuardrailError::config(
+                "multiplier",
+                "must be finite and above 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The defaults: 10 s intervals, a baseline of 12, 3 × it and at least 5 retries.
+    pub const fn new() -> Self {
         Self {
             interval: Duration::from_secs(10),
             baseline_intervals: 12,
@@ -317,16 +355,9 @@ impl RetrySpikeDetector {
     /// # Errors
     /// [`GuardrailError::Config`] for a zero interval or baseline, or a multiplier ≤ 1.
     pub fn new(config: SpikeConfig) -> Result<Self> {
-        if config.interval.is_zero()
-            || config.baseline_intervals == 0
-            || config.multiplier.is_nan()
-            || config.multiplier <= 1.0
-        {
-            return Err(GuardrailError::config(
-                "retry_spike",
-                "interval and baseline_intervals must be above zero, multiplier above 1",
-            ));
-        }
+        config
+            .validate()
+            .map_err(|e| crate::config::in_section("retry_spike", e))?;
         Ok(Self {
             history: VecDeque::with_capacity(config.baseline_intervals),
             config,
@@ -484,14 +515,43 @@ impl FleetSpikeState {
     }
 }
 
-/// Settings of [`RetryAnalytics`].
+/// Settings of [`RetryAnalytics`]; the `[retry_analytics]` section of the
+/// [config document](crate::config::GuardrailsConfig).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RetryAnalyticsConfig {
     /// Thresholds of single windows.
     pub anomalies: RetryAnomalyConfig,
     /// The spike detector of each policy.
     pub spike: SpikeConfig,
+}
+
+impl RetryAnalyticsConfig {
+    /// The defaults of both parts.
+    pub const fn new() -> Self {
+        Self {
+            anomalies: RetryAnomalyConfig::new(),
+            spike: SpikeConfig::new(),
+        }
+    }
+
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    /// [`GuardrailError::Config`] naming the key.
+    pub fn validate(&self) -> Result<()> {
+        self.spike
+            .validate()
+            .map_err(|e| crate::config::in_section("spike", e))?;
+        let a = &self.anomalies;
+        if !(a.max_retry_rate.is_finite() && a.max_retry_rate >= 0.0) {
+            return Err(GuardrailError::config(
+                "anomalies.max_retry_rate",
+                "must be finite and not negative",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What [`RetryAnalytics`] knows of one retry policy.
@@ -556,7 +616,9 @@ impl RetryAnalytics {
     /// # Errors
     /// [`GuardrailError::Config`] for an invalid spike config.
     pub fn new(config: RetryAnalyticsConfig) -> Result<Self> {
-        RetrySpikeDetector::new(config.spike.clone())?;
+        config
+            .validate()
+            .map_err(|e| crate::config::in_section("retry_analytics", e))?;
         let clock: SharedClock = Arc::new(SystemClock);
         Ok(Self {
             detector: RetryAnomalyDetector::new(config.anomalies.clone()),

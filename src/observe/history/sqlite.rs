@@ -71,7 +71,8 @@ CREATE INDEX anomalies_by_time ON anomalies (at_ms);
     synchronous: "NORMAL",
 };
 
-/// How the durable history writes and what it keeps.
+/// How the durable history writes and what it keeps; the `[history]` section of the
+/// [config document](crate::config::GuardrailsConfig).
 ///
 /// | key | default | |
 /// |---|---|---|
@@ -85,7 +86,7 @@ CREATE INDEX anomalies_by_time ON anomalies (at_ms);
 /// | `maintenance_interval` | 60 s | how often the writer downsamples and applies retention |
 /// | `busy_timeout` | 10 s | how long a write waits for another connection |
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SqliteHistoryConfig {
     /// The writer's longest wait between batches.
     #[serde(with = "humantime_serde")]
@@ -114,6 +115,13 @@ pub struct SqliteHistoryConfig {
 
 impl Default for SqliteHistoryConfig {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SqliteHistoryConfig {
+    /// The defaults in the table above.
+    pub const fn new() -> Self {
         Self {
             flush_interval: Duration::from_secs(1),
             batch_size: 10_000,
@@ -134,7 +142,7 @@ impl SqliteHistoryConfig {
     /// # Errors
     /// [`GuardrailError::Config`] naming the key.
     pub fn validate(&self) -> Result<()> {
-        let bad = |k: &str, why: &str| Err(GuardrailError::config(format!("history.{k}"), why));
+        let bad = |k: &str, why: &str| Err(GuardrailError::config(k, why));
         if self.flush_interval.is_zero() {
             return bad("flush_interval", "must be above zero");
         }
@@ -353,7 +361,9 @@ impl SqliteHistory {
         clock: SharedClock,
         real_clock: bool,
     ) -> Result<Self> {
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|e| crate::config::in_section("history", e))?;
         let path = path.to_path_buf();
         let conn = sqlite::open(&path, &SCHEMA, Access::ReadWrite, config.busy_timeout)?;
         let reader = HistoryReader::connect(&path, Arc::clone(&clock))?;
