@@ -269,14 +269,12 @@ impl RecentWallMs {
         let span = 1_000_000_000u64;
         let nanos = clock.delta_as_nanos(0, span).max(1);
         let ticks_per_ms = (u128::from(span) * 1_000_000 / u128::from(nanos)).max(1);
-        let this = Self {
+        Self {
             ticks_per_ms: u64::try_from(ticks_per_ms).unwrap_or(u64::MAX),
             last_raw: AtomicU64::new(clock.raw()),
             last_ms: std::sync::atomic::AtomicI64::new(unix_ms(SystemTime::now())),
             clock,
-        };
-        this.refresh(this.clock.raw());
-        this
+        }
     }
 
     #[inline]

@@ -488,9 +488,8 @@ impl Inner {
         labels: &[(&'static str, &str)],
         register: impl FnOnce(&dyn metrics::Recorder, &Key, &metrics::Metadata<'_>) -> H,
     ) -> Option<H> {
-        let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, *v)).collect();
         let overflow: [(&'static str, &str); 1] = [(OVERFLOW_LABEL, "true")];
-        let (hash, labels) = match self.guard.check(name, &pairs) {
+        let (hash, labels) = match self.guard.check(name, labels) {
             Ok(Verdict::Allowed) => (hash, labels),
             Ok(Verdict::Overflow) => {
                 // The overflow series is cached; the refused set is not (that would grow

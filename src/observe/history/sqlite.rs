@@ -618,8 +618,8 @@ impl Shared {
 }
 
 /// Per in-memory series id, what the writer knows of it.
-#[derive(Default)]
 struct WriterSeries {
+    def: Arc<SeriesDef>,
     db_id: Option<i64>,
     /// The watch generation this entry's `baseline` was decided at.
     watch_gen: u64,
@@ -728,9 +728,18 @@ impl Writer {
             let w = self.shared.watches.lock();
             (w.0, w.1.clone())
         };
-        let defs: Vec<Arc<SeriesDef>> = self.shared.defs.lock().clone();
-        if self.series.len() < defs.len() {
-            self.series.resize_with(defs.len(), WriterSeries::default);
+        {
+            // Only the series made since the last batch are copied (series ids only grow).
+            let defs = self.shared.defs.lock();
+            for def in &defs[self.series.len().min(defs.len())..] {
+                self.series.push(WriterSeries {
+                    def: Arc::clone(def),
+                    db_id: None,
+                    watch_gen: 0,
+                    baseline: None,
+                    touched: false,
+                });
+            }
         }
         let now_ms = unix_ms(self.shared.clock.system_time());
         let path = self.shared.path.clone();
@@ -763,15 +772,16 @@ impl Writer {
                 )
                 .map_err(err("prepare the anomaly insert"))?;
             for p in batch {
-                let idx = p.series as usize;
-                let (Some(def), Some(ws)) = (defs.get(idx), self.series.get_mut(idx)) else {
+                let Some(ws) = self.series.get_mut(p.series as usize) else {
                     continue;
                 };
                 let db_id = match ws.db_id {
                     Some(id) => id,
                     None => {
                         let id: i64 = upsert
-                            .query_row(params![def.component, def.metric, def.tags], |r| r.get(0))
+                            .query_row(params![ws.def.component, ws.def.metric, ws.def.tags], |r| {
+                                r.get(0)
+                            })
                             .map_err(err("record a series"))?;
                         ws.db_id = Some(id);
                         ws.watch_gen = u64::MAX;
@@ -786,7 +796,7 @@ impl Writer {
                     ws.baseline = match watches
                         .1
                         .iter()
-                        .find(|w| w.component == def.component && w.metric == def.metric)
+                        .find(|w| w.component == ws.def.component && w.metric == ws.def.metric)
                     {
                         None => None,
                         Some(w) => {
@@ -1103,14 +1113,16 @@ impl HistoryReader {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT s.tags, p.at_ms, p.value, p.min, p.max, p.count, p.raw FROM series s JOIN (
-                    SELECT series, at_ms, sum / count AS value, min, max, count, 0 AS raw
-                    FROM rollups WHERE at_ms >= ?3
-                    UNION ALL
-                    SELECT series, at_ms, value, value, value, 1, 1 FROM samples WHERE at_ms >= ?3
-                 ) p ON p.series = s.id
-                 WHERE s.component = ?1 AND s.metric = ?2
-                 ORDER BY p.at_ms, p.raw, s.id LIMIT ?4",
+                // Each half starts from the series of component/metric and walks their
+                // (series, at_ms) index: a range over one metric never reads the others'.
+                "SELECT s.tags, r.at_ms, r.sum / r.count, r.min, r.max, r.count, 0, s.id
+                 FROM series s JOIN rollups r ON r.series = s.id
+                 WHERE s.component = ?1 AND s.metric = ?2 AND r.at_ms >= ?3
+                 UNION ALL
+                 SELECT s.tags, p.at_ms, p.value, p.value, p.value, 1, 1, s.id
+                 FROM series s JOIN samples p ON p.series = s.id
+                 WHERE s.component = ?1 AND s.metric = ?2 AND p.at_ms >= ?3
+                 ORDER BY 2, 7, 8 LIMIT ?4",
             )
             .map_err(sql(&self.path, "query"))?;
         let rows = stmt
